@@ -1,0 +1,128 @@
+"""The `autotune` command line. Bad input: one line naming the problem and the fix, exit 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from autotune.errors import AutotuneError
+
+EPILOG = "Docs and examples: README.md. Every command exits 2 on bad input, with one line saying why."
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="autotune", epilog=EPILOG,
+                                description="Measured auto-tuning of ONNX models for ONNX Runtime.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    zoo = sub.add_parser("zoo", help="models built in code and trained on digits")
+    zsub = zoo.add_subparsers(dest="zoo_command", required=True, metavar="ACTION")
+    zsub.add_parser("list", help="list the zoo's models")
+    ze = zsub.add_parser("export", help="write a zoo model to an .onnx file (trains it once)")
+    ze.add_argument("name")
+    ze.add_argument("-o", "--output", required=True, type=Path, metavar="FILE.onnx")
+
+    t = sub.add_parser("tune", help="search for a faster configuration and export it",
+                       description="Measures the ORT_ENABLE_ALL baseline, searches the space within "
+                                   "the budget, and writes RUN_DIR/best/, the tuned-model directory.")
+    t.add_argument("model", nargs="?", help="an .onnx file or zoo:NAME (or give --workload)")
+    _workload_args(t)
+    t.add_argument("--search-space", default="runtime", help="a name in search_spaces/ or a YAML "
+                   "path (default: runtime)")
+    t.add_argument("--strategy", default="random", help="search strategy (default: random)")
+    t.add_argument("--budget", type=int, default=12,
+                   help="real measurements beyond the baseline; cache hits are free (default: 12)")
+    t.add_argument("--max-accuracy-drop", type=float, default=0.01,
+                   help="top-1 loss (fraction) or fidelity output error allowed (default: 0.01)")
+    t.add_argument("--objective", default="latency", choices=["latency", "memory"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, type=Path, metavar="RUN_DIR")
+    t.add_argument("--timeout", type=float, default=900,
+                   help="seconds allowed to build, and to measure, one candidate (default: 900)")
+    t.add_argument("--no-cache", action="store_true", help="measure everything anew")
+    t.add_argument("-q", "--quiet", action="store_true")
+
+    v = sub.add_parser("verify", help="re-measure a tuned-model directory against the baseline")
+    v.add_argument("directory", type=Path)
+    _workload_args(v, model=False)
+    return p
+
+
+def _workload_args(p: argparse.ArgumentParser, model: bool = True) -> None:
+    p.add_argument("--workload", type=Path, metavar="W.yaml", help="a workload spec (see envs/)")
+    if model:
+        p.add_argument("--shape", action="append", default=[], metavar="NAME=1x3x224x224",
+                       help="bind an input's shape, or a dynamic dimension: DIM=N (repeatable)")
+        p.add_argument("--metric", choices=["auto", "top1", "fidelity"], default=None)
+
+
+def _zoo(args) -> int:
+    from autotune import zoo
+
+    if args.zoo_command == "list":
+        for m in zoo.MODELS.values():
+            info = zoo.info(m.name)
+            state = f"top-1 {info['top1']:.4f}" if info else "not trained yet"
+            print(f"{m.name:20s} {'x'.join(map(str, m.input_shape()[1:])):>10s}  {state:16s} {m.description}")
+        return 0
+    out = zoo.export(args.name, args.output)
+    print(f"wrote {out} (held-out top-1 {zoo.info(args.name)['top1']:.4f})")
+    return 0
+
+
+def _tune(args) -> int:
+    from autotune import space as spaces
+    from autotune import workload as workloads
+    from autotune.measure import Protocol
+    from autotune.objective import Objective
+    from autotune.tune import default_cache, tune
+
+    if args.model is None and args.workload is None:
+        raise AutotuneError("give a model (an .onnx file or zoo:NAME) or --workload W.yaml")
+    objective = Objective(args.objective, args.max_accuracy_drop)
+    space = spaces.load(args.search_space)
+    w = workloads.load(args.model, workload=args.workload, shapes=args.shape, metric=args.metric)
+    protocol = Protocol(build_timeout=args.timeout, measure_timeout=args.timeout)
+    result = tune(w, space, strategy=args.strategy, budget=args.budget, objective=objective,
+                  seed=args.seed, out=args.out, protocol=protocol,
+                  cache=None if args.no_cache else default_cache(), command=sys.argv,
+                  quiet=args.quiet)
+    best = result.best
+    failed = sum(not t.measurement.ok for t in result.trials)
+    print(f"{len(result.trials)} candidates ({result.measurements_used} measured, "
+          f"{len(result.trials) - result.measurements_used} cached, {failed} failed)")
+    if best is None:
+        print(f"no candidate beat ORT_ENABLE_ALL within the accuracy limit; the baseline "
+              f"configuration is in {result.run_dir / 'best'}")
+    else:
+        m = best.measurement
+        print(f"best: {best.plan.describe()}\n  {m.speedup:.2f}x faster than ORT_ENABLE_ALL "
+              f"(95% CI {m.speedup_ci[0]:.2f}-{m.speedup_ci[1]:.2f}); {best.verdict}\n"
+              f"  tuned model: {result.run_dir / 'best'}")
+    return 0
+
+
+def _verify(args) -> int:
+    from autotune import export
+    from autotune import workload as workloads
+
+    w = workloads.load(workload=args.workload) if args.workload else None
+    passed, message = export.verify(args.directory, w)
+    print(message)
+    return 0 if passed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"zoo": _zoo, "tune": _tune, "verify": _verify}[args.command](args)
+    except AutotuneError as exc:
+        print(f"autotune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autotune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

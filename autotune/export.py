@@ -1,0 +1,161 @@
+"""The tuned-model directory, the production artifact of a run:
+
+    model.onnx     the tuned model, rebuilt from the original model and the plan
+    session.json   every SessionOptions field to run it with
+    plan.json      the plan, replayable
+    report.json    baseline and tuned latency (95% CI), peak memory, size, accuracy, versions, CPU
+    README.md      what it is and how to load it
+
+and `verify`, which re-measures such a directory against the baseline instead of trusting it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autotune.errors import AutotuneError, UsageError
+from autotune.measure import Measurement, Measurer, Protocol, machine
+from autotune.objective import Objective
+from autotune.plan import Plan, session_settings
+
+if TYPE_CHECKING:
+    from autotune.store import Trial
+    from autotune.workload import Workload
+
+FILES = ("model.onnx", "session.json", "plan.json", "report.json", "README.md")
+
+
+def _summary(m: Measurement) -> dict[str, Any]:
+    return {"latency_ms": m.latency_ms, "latency_ci": m.latency_ci,
+            "peak_memory_mb": m.peak_memory_mb, "model_size_mb": m.model_size_mb,
+            "accuracy": m.accuracy, "output_error": m.output_error}
+
+
+def write(dest: Path, workload: "Workload", measurer: Measurer, baseline: "Trial",
+          best: "Trial | None", objective: Objective) -> Path:
+    """Writes the tuned-model directory for `best`, or for the baseline configuration if None."""
+    import onnxruntime
+
+    dest = Path(dest)
+    chosen = best or baseline
+    with tempfile.TemporaryDirectory(prefix="autotune-export-") as tmp:
+        if best is None:
+            model, settings = workload.model_path, session_settings(Plan().runtime)
+        else:
+            built = measurer.build(best.plan, Path(tmp))
+            if isinstance(built, str):
+                raise AutotuneError(f"could not rebuild the best plan (trial {best.number}) for "
+                                    f"export: {built}")
+            model, settings = built.model, built.settings
+        staging = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        shutil.copyfile(model, staging / "model.onnx")
+    m = chosen.measurement
+    report = {
+        "tuned": best is not None,
+        "message": (f"{m.speedup:.2f}x faster than ORT_ENABLE_ALL (95% CI {m.speedup_ci[0]:.2f}-"
+                    f"{m.speedup_ci[1]:.2f}); {best.verdict}" if best is not None else
+                    "no candidate beat ORT_ENABLE_ALL within the accuracy limit: this is the "
+                    "baseline configuration"),
+        "plan": chosen.plan.describe(),
+        "trial": chosen.number,
+        "objective": {"target": objective.target, "max_accuracy_drop": objective.max_accuracy_drop,
+                      "min_gain": objective.min_gain},
+        "metric": workload.metric,
+        "speedup": m.speedup, "speedup_ci": m.speedup_ci,
+        "accuracy_drop": Objective.accuracy_drop(m, baseline.measurement),
+        "baseline": _summary(baseline.measurement) | {"latency_ms": m.baseline_ms,
+                                                      "latency_ci": m.baseline_ci},
+        "candidate": _summary(m),
+        "workload": workload.spec(),
+        "onnxruntime": onnxruntime.__version__,
+        "machine": machine(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (staging / "session.json").write_text(json.dumps(settings, indent=2) + "\n")
+    (staging / "plan.json").write_text(json.dumps(chosen.plan.to_dict(), indent=2) + "\n")
+    (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (staging / "README.md").write_text(_readme(report))
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.rename(dest)
+    return dest
+
+
+def _readme(report: dict[str, Any]) -> str:
+    b, c = report["baseline"], report["candidate"]
+    return f"""# Tuned model: {report['workload']['name']}
+
+{report['message']}.
+
+Plan: {report['plan']}
+
+| | ORT_ENABLE_ALL | tuned |
+|---|---|---|
+| median latency (ms) | {b['latency_ms']:.3f} | {c['latency_ms']:.3f} |
+| peak memory (MB) | {b['peak_memory_mb']:.1f} | {c['peak_memory_mb']:.1f} |
+| model size (MB) | {b['model_size_mb']:.1f} | {c['model_size_mb']:.1f} |
+| {report['metric']} | {_acc(b, report['metric'])} | {_acc(c, report['metric'])} |
+
+Measured with onnxruntime {report['onnxruntime']} on {report['machine']['cpu']} ({report['machine']['cores']} cores).
+Timings on another machine will differ: run `autotune verify` there.
+
+Load it with onnxruntime alone:
+
+```python
+import json, onnxruntime as ort
+s = json.load(open("session.json"))
+so = ort.SessionOptions()
+so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, s["graph_optimization_level"])
+so.execution_mode = getattr(ort.ExecutionMode, s["execution_mode"])
+so.intra_op_num_threads, so.inter_op_num_threads = s["intra_op_num_threads"], s["inter_op_num_threads"]
+so.enable_cpu_mem_arena, so.enable_mem_pattern = s["enable_mem_arena"], s["enable_mem_pattern"]
+for k, v in s["config_entries"].items(): so.add_session_config_entry(k, v)
+session = ort.InferenceSession("model.onnx", so, providers=s["providers"],
+                               disabled_optimizers=s["disabled_optimizers"] or None)
+```
+"""
+
+
+def _acc(s: dict[str, Any], metric: str) -> str:
+    value = s["output_error"] if metric == "fidelity" else s["accuracy"]
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+
+def verify(directory: Path, workload: "Workload | None" = None,
+           protocol: Protocol = Protocol()) -> tuple[bool, str]:
+    """Re-measures a tuned-model directory against the baseline, interleaved, and re-checks
+    accuracy. Returns (passed, one-line message)."""
+    from autotune import workload as workloads
+
+    directory = Path(directory)
+    missing = [f for f in FILES if not (directory / f).is_file()]
+    if missing:
+        raise UsageError(f"{directory} is not a tuned-model directory (no {missing[0]}); "
+                         f"give the best/ directory that `autotune tune` wrote")
+    report = json.loads((directory / "report.json").read_text())
+    settings = json.loads((directory / "session.json").read_text())
+    if workload is None:
+        workload = workloads.from_spec(report["workload"])
+    m = Measurer(workload, protocol).measure_built(directory / "model.onnx", settings)
+    if not m.ok:
+        return False, f"failed: {m.reason}"
+    limit = report["objective"]["max_accuracy_drop"]
+    if m.metric == "fidelity":
+        drop = m.output_error
+    else:
+        drop = m.baseline_accuracy - m.accuracy
+    lo, hi = m.speedup_ci
+    speed = f"speedup {m.speedup:.2f}x (95% CI {lo:.2f}-{hi:.2f})"
+    what = "output error" if m.metric == "fidelity" else "accuracy loss"
+    if drop > limit + 1e-9:
+        return False, f"failed: {what} {drop:.4f} exceeds the limit {limit}; {speed}"
+    if report["tuned"] and lo <= 1.0:
+        return False, f"failed: no longer faster than ORT_ENABLE_ALL: {speed}; {what} {drop:.4f}"
+    kind = "" if report["tuned"] else " (the baseline configuration)"
+    return True, f"passed{kind}: {speed}, {what} {drop:.4f}"

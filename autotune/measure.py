@@ -1,0 +1,238 @@
+"""Measurements: every candidate is built and timed in fresh worker processes, against the
+ORT_ENABLE_ALL baseline interleaved, and cached by content so nothing is measured twice.
+
+A crash, hang, out-of-memory kill or refused graph in a worker becomes a failed Measurement
+with its reason; the tuner goes on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from autotune.plan import Candidate, Plan, session_settings
+from autotune.workload import Workload
+
+# Bump when the worker's way of measuring changes, so old cached numbers are not reused.
+MEASURE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a candidate is timed. Part of the cache key."""
+
+    warmup_runs: int = 5
+    min_runs: int = 20  # interleaved pairs (candidate, baseline)
+    max_runs: int = 400
+    min_seconds: float = 2.0
+    max_seconds: float = 30.0
+    build_timeout: float = 900.0
+    measure_timeout: float = 900.0
+
+    def digest(self) -> str:
+        timing = {k: v for k, v in asdict(self).items() if not k.endswith("timeout")}
+        return hashlib.sha256(json.dumps([timing, MEASURE_VERSION], sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one candidate did. Latencies in ms; the speedup is over the baseline timed beside it."""
+
+    status: str  # "ok" or "failed"
+    reason: str | None = None
+    latency_ms: float | None = None
+    latency_ci: tuple[float, float] | None = None
+    baseline_ms: float | None = None
+    baseline_ci: tuple[float, float] | None = None
+    speedup: float | None = None
+    speedup_ci: tuple[float, float] | None = None
+    runs: int = 0
+    peak_memory_mb: float | None = None
+    model_size_mb: float | None = None
+    accuracy: float | None = None  # top-1 on labels, or top-1 agreement with the FP32 model
+    output_error: float | None = None  # fidelity: relative L2 error against the FP32 model
+    metric: str | None = None
+    baseline_accuracy: float | None = None  # only when asked for (verify)
+    build_note: str | None = None
+    seconds: float = 0.0  # wall time spent building and measuring
+    provenance: dict[str, Any] = field(default_factory=dict)
+    cached: bool = field(default=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("cached")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Measurement:
+        names = {f.name for f in fields(cls)}
+        d = {k: (tuple(v) if k.endswith("_ci") and v is not None else v)
+             for k, v in d.items() if k in names}
+        return cls(**d)
+
+    @classmethod
+    def failed(cls, reason: str, **kw: Any) -> Measurement:
+        return cls(status="failed", reason=reason, **kw)
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(),
+            "host": platform.node()}
+
+
+def fingerprint() -> str:
+    """What makes timings comparable: the CPU, core count, ORT version (not the host name)."""
+    import onnxruntime
+
+    m = machine()
+    return f"{m['cpu']}|{m['cores']}|{m['arch']}|ort{onnxruntime.__version__}"
+
+
+class Cache:
+    """Measurements in SQLite, keyed by model, plan, workload, ORT version, machine and protocol."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS measurements "
+                       "(key TEXT PRIMARY KEY, measurement TEXT NOT NULL, created REAL NOT NULL)")
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=60)
+
+    def get(self, key: str) -> Measurement | None:
+        with self._connect() as db:
+            row = db.execute("SELECT measurement FROM measurements WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        m = Measurement.from_dict(json.loads(row[0]))
+        return Measurement(**{**{f.name: getattr(m, f.name) for f in fields(m)}, "cached": True})
+
+    def put(self, key: str, m: Measurement) -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO measurements VALUES (?, ?, ?)",
+                       (key, json.dumps(m.to_dict()), time.time()))
+
+
+def _signal_reason(code: int) -> str:
+    sig = -code
+    try:
+        name = signal.Signals(sig).name
+    except ValueError:
+        name = f"signal {sig}"
+    if sig == signal.SIGKILL:
+        return f"killed by {name} (out of memory?)"
+    return f"crashed with {name}"
+
+
+class Measurer:
+    """Builds and measures Plans of one workload, each in fresh worker processes."""
+
+    def __init__(self, workload: Workload, protocol: Protocol = Protocol(),
+                 cache: Cache | None = None) -> None:
+        self.workload = workload
+        self.protocol = protocol
+        self.cache = cache
+        self._data_file = workload.data_file()
+
+    def key(self, plan: Plan) -> str:
+        parts = [self.workload.digest(), plan.digest(), fingerprint(), self.protocol.digest()]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+    def measure(self, plan: Plan) -> Measurement:
+        """The plan's Measurement, from the cache when this exact candidate was measured before."""
+        key = self.key(plan)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            return hit
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="autotune-") as tmp:
+            built = self.build(plan, Path(tmp))
+            if isinstance(built, str):
+                m = Measurement.failed(f"build: {built}")
+            else:
+                m = self._measure(built.model, built.settings, Path(tmp), build_note=built.note)
+        m = Measurement(**{**{f.name: getattr(m, f.name) for f in fields(m)},
+                           "seconds": time.perf_counter() - start,
+                           "provenance": self._provenance()})
+        if self.cache is not None and not (m.reason or "").endswith("timed out"):
+            self.cache.put(key, m)
+        return m
+
+    def build(self, plan: Plan, out_dir: Path) -> Candidate | str:
+        """Builds the plan's candidate under `out_dir` in a worker; a failure is its reason."""
+        built = self._run("build", {"plan": plan.to_dict(), "model": str(self.workload.model_path),
+                                    "data": str(self._data_file), "out": str(out_dir)},
+                          out_dir, self.protocol.build_timeout)
+        if built.get("status") != "ok":
+            return built["reason"]
+        return Candidate(Path(built["model"]), built["settings"], built.get("note"))
+
+    def measure_built(self, model_path: Path, settings: dict[str, Any]) -> Measurement:
+        """Measures an already built candidate (a tuned-model directory) and the baseline's
+        accuracy beside it; never cached."""
+        with tempfile.TemporaryDirectory(prefix="autotune-") as tmp:
+            m = self._measure(Path(model_path), settings, Path(tmp), baseline_accuracy=True)
+        return Measurement(**{**{f.name: getattr(m, f.name) for f in fields(m)},
+                              "provenance": self._provenance()})
+
+    def _measure(self, model: Path, settings: dict[str, Any], tmp: Path,
+                 build_note: str | None = None, baseline_accuracy: bool = False) -> Measurement:
+        spec = {"model": str(model), "settings": settings,
+                "baseline": str(self.workload.model_path),
+                "baseline_settings": session_settings(Plan().runtime),
+                "data": str(self._data_file), "metric": self.workload.metric,
+                "protocol": asdict(self.protocol), "baseline_accuracy": baseline_accuracy}
+        result = self._run("measure", spec, tmp, self.protocol.measure_timeout)
+        if result.get("status") != "ok":
+            return Measurement.failed(result["reason"], build_note=build_note)
+        result.pop("status")
+        return Measurement(status="ok", build_note=build_note,
+                           model_size_mb=model.stat().st_size / 2**20, **result)
+
+    def _provenance(self) -> dict[str, Any]:
+        import onnxruntime
+
+        return {"onnxruntime": onnxruntime.__version__, "machine": machine(),
+                "workload": self.workload.digest(), "protocol": self.protocol.digest(),
+                "python": platform.python_version()}
+
+    @staticmethod
+    def _run(command: str, spec: dict[str, Any], tmp: Path, timeout: float) -> dict[str, Any]:
+        spec_file, result_file = tmp / f"{command}.spec.json", tmp / f"{command}.result.json"
+        spec_file.write_text(json.dumps(spec))
+        try:
+            proc = subprocess.run([sys.executable, "-m", "autotune.worker", command,
+                                   str(spec_file), str(result_file)],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"status": "failed", "reason": f"{command} timed out after {timeout:.0f} s"}
+        if result_file.exists():
+            return json.loads(result_file.read_text())
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        why = _signal_reason(proc.returncode) if proc.returncode < 0 else f"exited {proc.returncode}"
+        return {"status": "failed",
+                "reason": f"{command} worker {why}" + (f": {tail[0][:300]}" if tail else "")}

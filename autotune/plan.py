@@ -1,0 +1,177 @@
+"""Plans: one choice for every decision the tuner can make, as plain data with a stable hash.
+
+`apply(plan, workload, out_dir)` builds the candidate: a model file and the ONNX Runtime session
+settings to run it with (the `session.json` of a tuned-model directory).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from autotune.errors import UsageError, did_you_mean
+
+OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+              "extended": "ORT_ENABLE_EXTENDED", "layout": "ORT_ENABLE_LAYOUT",
+              "all": "ORT_ENABLE_ALL"}
+EXECUTION_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
+CALIBRATIONS = ("minmax", "entropy", "percentile")
+QUANT_TYPES = ("int8", "uint8")
+
+
+class InvalidPlan(UsageError):
+    """A combination of choices that cannot be built; search strategies skip it."""
+
+
+@dataclass(frozen=True)
+class RuntimeChoices:
+    """How ONNX Runtime runs the model. The defaults are ORT's own: the baseline."""
+
+    graph_optimization_level: str = "all"
+    disabled_optimizers: tuple[str, ...] = ()
+    intra_op_threads: int = 0  # 0: ORT's default (one per physical core)
+    inter_op_threads: int = 0
+    execution_mode: str = "sequential"
+    enable_mem_arena: bool = True
+    enable_mem_pattern: bool = True
+
+    def __post_init__(self) -> None:
+        _one_of("graph_optimization_level", self.graph_optimization_level, OPT_LEVELS)
+        _one_of("execution_mode", self.execution_mode, EXECUTION_MODES)
+        object.__setattr__(self, "disabled_optimizers", tuple(sorted(set(self.disabled_optimizers))))
+        for name in ("intra_op_threads", "inter_op_threads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise UsageError(f"plan: {name} must be an integer >= 0, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """Whole-model static INT8 in QDQ format, through onnxruntime.quantization."""
+
+    per_channel: bool = True
+    calibration: str = "minmax"
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    reduce_range: bool = False
+
+    def __post_init__(self) -> None:
+        _one_of("calibration", self.calibration, CALIBRATIONS)
+        _one_of("activation_type", self.activation_type, QUANT_TYPES)
+        _one_of("weight_type", self.weight_type, QUANT_TYPES)
+        if self.activation_type == "int8" and self.weight_type == "uint8":
+            raise InvalidPlan("plan: int8 activations with uint8 weights is a combination ORT's "
+                              "quantizer does not support")
+
+
+@dataclass(frozen=True)
+class Plan:
+    runtime: RuntimeChoices = field(default_factory=RuntimeChoices)
+    quantization: Quantization | None = None
+
+    @property
+    def is_baseline(self) -> bool:
+        return self == Plan()
+
+    @property
+    def lossy(self) -> bool:
+        return self.quantization is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["runtime"]["disabled_optimizers"] = list(self.runtime.disabled_optimizers)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        d = dict(d)
+        _known(d, cls, "plan")
+        runtime = dict(d.get("runtime") or {})
+        _known(runtime, RuntimeChoices, "plan.runtime")
+        runtime["disabled_optimizers"] = tuple(runtime.get("disabled_optimizers", ()))
+        quant = d.get("quantization")
+        if quant is not None:
+            _known(quant, Quantization, "plan.quantization")
+        return cls(RuntimeChoices(**runtime), Quantization(**quant) if quant is not None else None)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls.from_dict(json.loads(text))
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        """A short human summary, e.g. 'INT8 static per-channel minmax, level all'."""
+        parts = []
+        if self.quantization:
+            q = self.quantization
+            parts.append(f"INT8 static {'per-channel' if q.per_channel else 'per-tensor'} "
+                         f"{q.calibration} (act {q.activation_type}, w {q.weight_type}"
+                         f"{', reduce_range' if q.reduce_range else ''})")
+        r, default = self.runtime, RuntimeChoices()
+        for f in fields(r):
+            if getattr(r, f.name) != getattr(default, f.name):
+                value = getattr(r, f.name)
+                parts.append(f"{f.name}={','.join(value) if isinstance(value, tuple) else value}")
+        return "; ".join(parts) or "ORT_ENABLE_ALL defaults (the baseline)"
+
+
+def _one_of(name: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise UsageError(f"plan: {name} `{value}` is not one of {', '.join(allowed)}."
+                         f"{did_you_mean(str(value), allowed)}")
+
+
+def _known(d: dict, cls: type, where: str) -> None:
+    names = {f.name for f in fields(cls)}
+    for key in d:
+        if key not in names:
+            raise UsageError(f"{where}: unknown field `{key}`.{did_you_mean(key, names)}")
+
+
+def session_settings(runtime: RuntimeChoices) -> dict[str, Any]:
+    """The session.json content for these runtime choices: every SessionOptions field we set."""
+    return {
+        "graph_optimization_level": OPT_LEVELS[runtime.graph_optimization_level],
+        "disabled_optimizers": list(runtime.disabled_optimizers),
+        "intra_op_num_threads": runtime.intra_op_threads,
+        "inter_op_num_threads": runtime.inter_op_threads,
+        "execution_mode": EXECUTION_MODES[runtime.execution_mode],
+        "enable_mem_arena": runtime.enable_mem_arena,
+        "enable_mem_pattern": runtime.enable_mem_pattern,
+        "config_entries": {},
+        "providers": ["CPUExecutionProvider"],
+    }
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A built plan: the model file, the session settings to run it with, and build notes."""
+
+    model: Path
+    settings: dict[str, Any]
+    note: str | None = None
+
+
+def apply(plan: Plan, model_path: Path, data_file: Path | None, out_dir: Path) -> Candidate:
+    """Builds the candidate of `plan` under `out_dir` from the original model.
+
+    `data_file` is the workload's data (.npz); quantization calibrates on its calibration part.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "model.onnx"
+    note = None
+    if plan.quantization is None:
+        import shutil
+
+        shutil.copyfile(model_path, target)
+    else:
+        from autotune.quantize import quantize_static
+
+        note = quantize_static(model_path, target, plan.quantization, data_file, out_dir)
+    return Candidate(target, session_settings(plan.runtime), note)

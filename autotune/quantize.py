@@ -1,0 +1,74 @@
+"""Whole-model static INT8 (QDQ) through onnxruntime.quantization, with its known failure modes
+turned into clear reasons: symbolic shape inference that gives up, and models ORT then refuses."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from autotune.plan import Quantization
+
+
+class _Reader:
+    """Feeds the calibration part of a workload's data file, one batch at a time."""
+
+    def __init__(self, data_file: Path) -> None:
+        with np.load(data_file) as f:
+            names = [k[4:] for k in f.files if k.startswith("cal:")]
+            arrays = {n: f[f"cal:{n}"] for n in names}
+        self._batches = [{n: arrays[n][i] for n in names} for i in range(len(arrays[names[0]]))]
+        self._next = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._next >= len(self._batches):
+            return None
+        self._next += 1
+        return self._batches[self._next - 1]
+
+    def rewind(self) -> None:
+        self._next = 0
+
+
+def preprocess(model_path: Path, out: Path) -> tuple[Path, str]:
+    """ORT's quantization pre-processing (shape inference + optimization), with fallbacks.
+
+    Returns the model to quantize and what was done. Symbolic shape inference fails on some
+    models with dynamic dimensions; then it is skipped, and if even that fails, the model is
+    quantized as it is.
+    """
+    from onnxruntime.quantization import quant_pre_process
+
+    errors = []
+    for skip_symbolic in (False, True):
+        try:
+            quant_pre_process(str(model_path), str(out), skip_symbolic_shape=skip_symbolic)
+            return out, "pre-processed" + (" (symbolic shape inference skipped)" if skip_symbolic else "")
+        except Exception as exc:  # the tool raises bare Exceptions
+            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    return model_path, "not pre-processed (" + "; ".join(errors) + ")"
+
+
+def quantize_static(model_path: Path, out: Path, q: "Quantization", data_file: Path | None,
+                    work: Path) -> str:
+    """Writes the QDQ model to `out`; returns a note on the pre-processing done."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    if data_file is None:
+        raise ValueError("static quantization needs calibration data")
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs at INFO on every call
+    source, note = preprocess(model_path, work / "preprocessed.onnx")
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    ort_quantize_static(
+        str(source), str(out), _Reader(data_file), quant_format=QuantFormat.QDQ,
+        per_channel=q.per_channel, reduce_range=q.reduce_range,
+        activation_type=types[q.activation_type], weight_type=types[q.weight_type],
+        calibrate_method=methods[q.calibration],
+        calibration_cache_path=None,
+        extra_options={"ActivationSymmetric": q.activation_type == "int8"})
+    return note

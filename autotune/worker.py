@@ -1,0 +1,170 @@
+"""The worker process: `python -m autotune.worker build|measure SPEC.json RESULT.json`.
+
+Runs in a fresh process per candidate so that a crash or leak in ONNX Runtime or its quantizer
+costs one trial, not the tuner. It writes a JSON result; if it dies before that, the parent
+reports how it died.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Both sessions of an interleaved comparison run with spinning off: an idle session's spinning
+# threads would steal the cores of the one being timed (2x slower on a 2-core machine).
+NO_SPIN = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:400] if text else ''}".rstrip(": ")
+
+
+def build(spec: dict[str, Any]) -> dict[str, Any]:
+    from autotune.plan import Plan, apply
+
+    plan = Plan.from_dict(spec["plan"])
+    out = Path(spec["out"]) / "candidate"
+    c = apply(plan, Path(spec["model"]), Path(spec["data"]), out)
+    return {"status": "ok", "model": str(c.model), "settings": c.settings, "note": c.note}
+
+
+def _memory_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_peak() -> bool:
+    """Resets VmHWM to the current RSS (Linux), so the peak counts from here on."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    from autotune.runtime import create_session
+    from autotune.stats import median_ci, speedup_ci
+
+    protocol = spec["protocol"]
+    with np.load(spec["data"]) as f:
+        names = [k[5:] for k in f.files if k.startswith("eval:")]
+        evaluation = [{n: f[f"eval:{n}"][i] for n in names} for i in range(len(f[f"eval:{names[0]}"]))]
+        labels = f["labels"] if "labels" in f.files else None
+
+    before = _memory_kb("VmRSS")
+    _reset_peak()
+    stage = "load"
+    try:
+        cand = create_session(spec["model"], spec["settings"], NO_SPIN)
+        stage = "run"
+        feed = evaluation[0]
+        cand.run(None, feed)
+        peak_mb = max(_memory_kb("VmHWM") - before, 0) / 1024
+        stage = "baseline"
+        base = create_session(spec["baseline"], spec["baseline_settings"], NO_SPIN)
+        base.run(None, feed)
+        stage = "run"
+        for _ in range(protocol["warmup_runs"]):
+            cand.run(None, feed)
+            base.run(None, feed)
+        c_times, b_times = _interleave(cand, base, feed, protocol)
+        stage = "accuracy"
+        accuracy, error = _accuracy(cand, base, evaluation, labels, spec["metric"])
+        extra = {}
+        if spec.get("baseline_accuracy"):
+            extra["baseline_accuracy"] = _accuracy(base, base, evaluation, labels, spec["metric"])[0]
+    except Exception as exc:  # ORT raises its own types (InvalidGraph, Fail, NotImplemented, ...)
+        where = {"load": "model refused by ONNX Runtime", "baseline": "baseline failed",
+                 "run": "inference failed", "accuracy": "evaluation failed"}[stage]
+        return {"status": "failed", "reason": f"{where}: {_reason(exc)}"}
+    lat, lat_lo, lat_hi = median_ci(c_times)
+    bl, bl_lo, bl_hi = median_ci(b_times)
+    sp, sp_lo, sp_hi = speedup_ci(b_times, c_times)
+    return {"status": "ok", "latency_ms": lat, "latency_ci": [lat_lo, lat_hi],
+            "baseline_ms": bl, "baseline_ci": [bl_lo, bl_hi], "speedup": sp,
+            "speedup_ci": [sp_lo, sp_hi], "runs": len(c_times), "peak_memory_mb": peak_mb,
+            "accuracy": accuracy, "output_error": error, "metric": spec["metric"], **extra}
+
+
+def _interleave(cand, base, feed, protocol) -> tuple[np.ndarray, np.ndarray]:
+    """Times candidate and baseline in alternating ABBA order until the protocol is satisfied."""
+    c_times, b_times = [], []
+    clock = time.perf_counter
+    start = clock()
+    i = 0
+    while True:
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            session, times = (cand, c_times) if which == 0 else (base, b_times)
+            t0 = clock()
+            session.run(None, feed)
+            times.append((clock() - t0) * 1000)
+        i += 1
+        elapsed = clock() - start
+        if i >= protocol["max_runs"] or elapsed >= protocol["max_seconds"]:
+            break
+        if i >= protocol["min_runs"] and elapsed >= protocol["min_seconds"]:
+            break
+    return np.array(c_times), np.array(b_times)
+
+
+def _accuracy(cand, base, evaluation, labels, metric) -> tuple[float, float | None]:
+    """(top-1, None) on labels, or (top-1 agreement, relative output error) against the baseline.
+
+    The output error is ||y - y_ref|| / ||y_ref - mean(y_ref)||: relative to how much the
+    reference output varies with its input, so a model that ignores its input fails it even
+    where plain relative error looks small.
+    """
+    outs = [cand.run(None, feed) for feed in evaluation]
+    if metric == "top1":
+        pred = np.concatenate([o[0].reshape(len(lab), -1).argmax(1) for o, lab in zip(outs, labels)])
+        return float((pred == np.concatenate(labels)).mean()), None
+    refs = [base.run(None, feed) for feed in evaluation]
+    agree, count, err2, var2 = 0, 0, 0.0, 0.0
+    for k in range(len(refs[0])):
+        y = np.stack([o[k] for o in outs]).astype(np.float64)
+        r = np.stack([o[k] for o in refs]).astype(np.float64)
+        if y.shape != r.shape:
+            raise ValueError(f"output {k} has shape {y.shape[1:]}, the original model's has {r.shape[1:]}")
+        err2 += float(((y - r) ** 2).sum())
+        spread = float(((r - r.mean(axis=0)) ** 2).sum())
+        var2 += spread if spread > 0 else float((r ** 2).sum())
+        if k == 0 and r.ndim >= 3:  # (samples, batch, ..., classes): compare argmax of last axis
+            agree += int((y.argmax(-1) == r.argmax(-1)).sum())
+            count += int(np.prod(r.shape[:-1]))
+    error = float(np.sqrt(err2 / var2)) if var2 > 0 else float(np.sqrt(err2))
+    return (agree / count if count else None), error
+
+
+def _inject_fault() -> None:
+    """Test hook: AUTOTUNE_WORKER_FAULT=crash|hang makes the worker fail the way ORT can."""
+    fault = os.environ.get("AUTOTUNE_WORKER_FAULT")
+    if fault == "crash":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif fault == "hang":
+        time.sleep(3600)
+
+
+def main(argv: list[str]) -> int:
+    command, spec_file, result_file = argv
+    _inject_fault()
+    spec = json.loads(Path(spec_file).read_text())
+    try:
+        result = {"build": build, "measure": measure}[command](spec)
+    except Exception as exc:
+        result = {"status": "failed", "reason": _reason(exc)}
+    Path(result_file).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,46 @@
+"""README's examples, run as written (the digits ones; the ResNet quick start is benchmarks')."""
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _blocks(lang):
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), re.S)
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
+    first = _blocks("bash")[0].strip().splitlines()
+    assert first[0].startswith("./setup.sh && .venv/bin/autotune tune")
+    assert first[1] == './setup.sh && .venv/bin/python -m pytest -m "not slow"'
+    assert first[1] in (README.parent / ".ci/run").read_text()
+
+
+def test_readme_commands_and_loader_run(tmp_path):
+    commands = [line[2:] for block in _blocks("console") for line in block.splitlines()
+                if line.startswith("$ autotune")]
+    assert len(commands) == 4
+    autotune = Path(sys.executable).parent / "autotune"
+    for command in commands:
+        argv = shlex.split(command)
+        proc = subprocess.run([str(autotune), *argv[1:]], cwd=tmp_path, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, f"{command}: {proc.stderr[-2000:]}"
+    assert (tmp_path / "runs/digits/best/model.onnx").exists()
+    loader = next(b for b in _blocks("python") if "InferenceSession" in b)
+    scope = {}
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(loader, scope)
+    finally:
+        os.chdir(cwd)
+    import numpy as np
+
+    out = scope["session"].run(None, {"input": np.zeros((2, 1, 28, 28), np.float32)})[0]
+    assert out.shape == (2, 10)

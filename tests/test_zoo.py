@@ -1,0 +1,40 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from autotune import zoo
+from autotune.cli import main
+
+
+def test_digits_cnn_is_trained_exported_with_dynamic_batch_and_accurate(tmp_path):
+    out = zoo.export("digits_cnn", tmp_path / "d.onnx")
+    model = onnx.load(out)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert zoo.info("digits_cnn")["top1"] >= 0.9
+    _, ev, labels = zoo.dataset("digits_cnn", 8, 64)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    pred = session.run(None, {zoo.INPUT_NAME: ev})[0].argmax(1)  # a batch of 64 in one run
+    assert (pred == labels).mean() >= 0.85
+
+
+def test_training_happens_once_per_machine():
+    path = zoo.ensure("digits_cnn")
+    stamp = path.stat().st_mtime_ns
+    assert zoo.ensure("digits_cnn").stat().st_mtime_ns == stamp
+
+
+def test_zoo_list_names_every_model(capsys):
+    assert main(["zoo", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("resnet18", "resnet50", "mobilenet_v2", "transformer_encoder", "digits_cnn"):
+        assert name in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2", "transformer_encoder"])
+def test_every_zoo_classifier_learns_digits(name):
+    zoo.ensure(name)
+    assert zoo.info(name)["top1"] >= 0.85
