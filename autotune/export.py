@@ -47,9 +47,9 @@ def write(dest: Path, workload: "Workload", measurer: Measurer, baseline: "Trial
             model, settings = workload.model_path, session_settings(Plan().runtime)
         else:
             built = measurer.build(best.plan, Path(tmp))
-            if isinstance(built, str):
+            if isinstance(built, Measurement):
                 raise AutotuneError(f"could not rebuild the best plan (trial {best.number}) for "
-                                    f"export: {built}")
+                                    f"export: {built.reason}")
             model, settings = built.model, built.settings
         staging = dest.with_name(dest.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)

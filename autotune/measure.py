@@ -64,6 +64,7 @@ class Measurement:
     metric: str | None = None
     baseline_accuracy: float | None = None  # only when asked for (verify)
     build_note: str | None = None
+    transient: bool = False  # failed by timeout, crash or kill: may pass another time; not cached
     seconds: float = 0.0  # wall time spent building and measuring
     provenance: dict[str, Any] = field(default_factory=dict)
     cached: bool = field(default=False, compare=False)
@@ -170,24 +171,25 @@ class Measurer:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="autotune-") as tmp:
             built = self.build(plan, Path(tmp))
-            if isinstance(built, str):
-                m = Measurement.failed(f"build: {built}")
+            if isinstance(built, Measurement):
+                m = built
             else:
                 m = self._measure(built.model, built.settings, Path(tmp), build_note=built.note)
         m = Measurement(**{**{f.name: getattr(m, f.name) for f in fields(m)},
                            "seconds": time.perf_counter() - start,
                            "provenance": self._provenance()})
-        if self.cache is not None and not (m.reason or "").endswith("timed out"):
+        if self.cache is not None and not m.transient:
             self.cache.put(key, m)
         return m
 
-    def build(self, plan: Plan, out_dir: Path) -> Candidate | str:
-        """Builds the plan's candidate under `out_dir` in a worker; a failure is its reason."""
+    def build(self, plan: Plan, out_dir: Path) -> Candidate | Measurement:
+        """Builds the plan's candidate under `out_dir` in a worker; a failure is a failed
+        Measurement with its reason."""
         built = self._run("build", {"plan": plan.to_dict(), "model": str(self.workload.model_path),
                                     "data": str(self._data_file), "out": str(out_dir)},
                           out_dir, self.protocol.build_timeout)
         if built.get("status") != "ok":
-            return built["reason"]
+            return Measurement.failed(f"build: {built['reason']}", transient=built.get("transient", False))
         return Candidate(Path(built["model"]), built["settings"], built.get("note"))
 
     def measure_built(self, model_path: Path, settings: dict[str, Any]) -> Measurement:
@@ -207,7 +209,8 @@ class Measurer:
                 "protocol": asdict(self.protocol), "baseline_accuracy": baseline_accuracy}
         result = self._run("measure", spec, tmp, self.protocol.measure_timeout)
         if result.get("status") != "ok":
-            return Measurement.failed(result["reason"], build_note=build_note)
+            return Measurement.failed(result["reason"], build_note=build_note,
+                                      transient=result.get("transient", False))
         result.pop("status")
         return Measurement(status="ok", build_note=build_note,
                            model_size_mb=model.stat().st_size / 2**20, **result)
@@ -229,10 +232,11 @@ class Measurer:
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, timeout=timeout)
         except subprocess.TimeoutExpired:
-            return {"status": "failed", "reason": f"{command} timed out after {timeout:.0f} s"}
+            return {"status": "failed", "reason": f"{command} timed out after {timeout:.0f} s",
+                    "transient": True}
         if result_file.exists():
             return json.loads(result_file.read_text())
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
         why = _signal_reason(proc.returncode) if proc.returncode < 0 else f"exited {proc.returncode}"
-        return {"status": "failed",
+        return {"status": "failed", "transient": True,
                 "reason": f"{command} worker {why}" + (f": {tail[0][:300]}" if tail else "")}

@@ -61,6 +61,9 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
     with progress:
         progress.status("measuring the ORT_ENABLE_ALL baseline")
         base_m = measurer.measure(Plan())
+        if not base_m.ok and base_m.transient:
+            raise ModelError(f"measuring the baseline (the model as given, ORT_ENABLE_ALL) failed: "
+                             f"{base_m.reason}; try again, or raise --timeout")
         if not base_m.ok:
             raise ModelError(f"the model does not run on ONNX Runtime as given ({base_m.reason}); "
                              f"check its operators and opset, and the input shapes bound")

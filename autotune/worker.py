@@ -57,9 +57,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     protocol = spec["protocol"]
     with np.load(spec["data"]) as f:
-        names = [k[5:] for k in f.files if k.startswith("eval:")]
-        evaluation = [{n: f[f"eval:{n}"][i] for n in names} for i in range(len(f[f"eval:{names[0]}"]))]
+        arrays = {k[5:]: f[k] for k in f.files if k.startswith("eval:")}  # each read once
         labels = f["labels"] if "labels" in f.files else None
+    evaluation = [{n: a[i] for n, a in arrays.items()} for i in range(len(next(iter(arrays.values()))))]
 
     before = _memory_kb("VmRSS")
     _reset_peak()
