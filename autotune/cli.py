@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-cache", action="store_true", help="measure everything anew")
     t.add_argument("-q", "--quiet", action="store_true")
 
+    st = sub.add_parser("sites", help="list every place in the model where a choice can be made")
+    st.add_argument("model", nargs="?", help="an .onnx file or zoo:NAME (or give --workload)")
+    _workload_args(st)
+    st.add_argument("--search-space", default=None, help="only the site rules this space enables")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+
     v = sub.add_parser("verify", help="re-measure a tuned-model directory against the baseline")
     v.add_argument("directory", type=Path)
     _workload_args(v, model=False)
@@ -102,6 +108,35 @@ def _tune(args) -> int:
     return 0
 
 
+def _sites(args) -> int:
+    import json
+
+    from autotune import space as spaces
+    from autotune import workload as workloads
+    from autotune.tune import sites_of
+
+    if args.model is None and args.workload is None:
+        raise AutotuneError("give a model (an .onnx file or zoo:NAME) or --workload W.yaml")
+    w = workloads.load(args.model, workload=args.workload, shapes=args.shape, metric=args.metric)
+    found = sites_of(w)
+    if args.search_space:
+        rules = dict(spaces.load(args.search_space).site_rules)
+        found = [s for s in found if s.rule in rules]
+    if args.json:
+        print(json.dumps([{"id": s.id, "kind": s.kind, "rule": s.rule, "options": list(s.options),
+                           "lossy": s.lossy, "nodes": list(s.nodes), "features": s.features}
+                          for s in found], indent=1))
+        return 0
+    counts = {k: sum(s.kind == k for s in found) for k in ("fusion", "grouping", "layout", "precision")}
+    print(f"{len(found)} sites: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    for s in found:
+        f = s.features
+        print(f"{s.id:60s} {s.kind:9s} {'/'.join(s.options):10s} {'lossy' if s.lossy else 'lossless':8s} "
+              f"{'+'.join(f['op_types']):14s} {f['nodes']:3d} nodes {f['flops'] / 1e6:9.1f} MFLOP "
+              f"at {f['position']:.2f}")
+    return 0
+
+
 def _verify(args) -> int:
     from autotune import export
     from autotune import workload as workloads
@@ -115,13 +150,17 @@ def _verify(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"zoo": _zoo, "tune": _tune, "verify": _verify}[args.command](args)
+        return {"zoo": _zoo, "tune": _tune, "sites": _sites,
+                "verify": _verify}[args.command](args)
     except AutotuneError as exc:
         print(f"autotune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("autotune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `autotune sites ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -186,7 +186,8 @@ class Measurer:
         """Builds the plan's candidate under `out_dir` in a worker; a failure is a failed
         Measurement with its reason."""
         built = self._run("build", {"plan": plan.to_dict(), "model": str(self.workload.model_path),
-                                    "data": str(self._data_file), "out": str(out_dir)},
+                                    "data": str(self._data_file), "out": str(out_dir),
+                                    "shapes": self.workload.shapes},
                           out_dir, self.protocol.build_timeout)
         if built.get("status") != "ok":
             return Measurement.failed(f"build: {built['reason']}", transient=built.get("transient", False))

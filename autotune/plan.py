@@ -67,8 +67,22 @@ class Quantization:
 
 @dataclass(frozen=True)
 class Plan:
+    """Runtime choices, quantization settings, and one option per site where it is not the
+    site's default. Whole-model INT8 is `quantization` with no precision site chosen; choosing
+    precision sites restricts INT8 to their nodes (with `quantization`'s settings, or the
+    defaults)."""
+
     runtime: RuntimeChoices = field(default_factory=RuntimeChoices)
     quantization: Quantization | None = None
+    sites: tuple[tuple[str, str], ...] = ()  # (site id, option), sorted
+
+    def __post_init__(self) -> None:
+        sites = dict(self.sites.items() if isinstance(self.sites, dict) else self.sites)
+        object.__setattr__(self, "sites", tuple(sorted(sites.items())))
+
+    @property
+    def int8_sites(self) -> list[str]:
+        return [sid for sid, option in self.sites if option == "int8"]
 
     @property
     def is_baseline(self) -> bool:
@@ -76,11 +90,12 @@ class Plan:
 
     @property
     def lossy(self) -> bool:
-        return self.quantization is not None
+        return self.quantization is not None or bool(self.int8_sites)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["runtime"]["disabled_optimizers"] = list(self.runtime.disabled_optimizers)
+        d["sites"] = dict(self.sites)
         return d
 
     def to_json(self) -> str:
@@ -96,7 +111,8 @@ class Plan:
         quant = d.get("quantization")
         if quant is not None:
             _known(quant, Quantization, "plan.quantization")
-        return cls(RuntimeChoices(**runtime), Quantization(**quant) if quant is not None else None)
+        return cls(RuntimeChoices(**runtime), Quantization(**quant) if quant is not None else None,
+                   tuple((d.get("sites") or {}).items()))
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
@@ -108,7 +124,10 @@ class Plan:
     def describe(self) -> str:
         """A short human summary, e.g. 'INT8 static per-channel minmax, level all'."""
         parts = []
-        if self.quantization:
+        if self.int8_sites:
+            rules = sorted({sid.split(":", 1)[0] for sid in self.int8_sites})
+            parts.append(f"INT8 at {len(self.int8_sites)} site(s) ({', '.join(rules)})")
+        if self.quantization and not self.int8_sites:
             q = self.quantization
             parts.append(f"INT8 static {'per-channel' if q.per_channel else 'per-tensor'} "
                          f"{q.calibration} (act {q.activation_type}, w {q.weight_type}"
@@ -158,15 +177,19 @@ class Candidate:
     note: str | None = None
 
 
-def apply(plan: Plan, model_path: Path, data_file: Path | None, out_dir: Path) -> Candidate:
+def apply(plan: Plan, model_path: Path, data_file: Path | None, out_dir: Path,
+          shapes: dict[str, tuple[int, ...]] | None = None) -> Candidate:
     """Builds the candidate of `plan` under `out_dir` from the original model.
 
     `data_file` is the workload's data (.npz); quantization calibrates on its calibration part.
+    `shapes` (the workload's bound input shapes) are needed to find sites.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "model.onnx"
     note = None
-    if plan.quantization is None:
+    if plan.sites:
+        note = _apply_sites(plan, model_path, data_file, out_dir, shapes or {})
+    elif plan.quantization is None:
         import shutil
 
         shutil.copyfile(model_path, target)
@@ -175,3 +198,29 @@ def apply(plan: Plan, model_path: Path, data_file: Path | None, out_dir: Path) -
 
         note = quantize_static(model_path, target, plan.quantization, data_file, out_dir)
     return Candidate(target, session_settings(plan.runtime), note)
+
+
+def _apply_sites(plan: Plan, model_path: Path, data_file: Path | None, out_dir: Path,
+                 shapes: dict[str, tuple[int, ...]]) -> str | None:
+    import onnx
+
+    from autotune import sites as catalogue
+
+    model = catalogue.stable_names(onnx.load(str(model_path)))
+    known = {s.id: s for s in catalogue.catalogue(model, shapes)}
+    for sid, option in plan.sites:
+        if sid not in known:
+            raise UsageError(f"plan: the model has no site `{sid}`.{did_you_mean(sid, known)}")
+        if option not in known[sid].options:
+            raise UsageError(f"plan: site `{sid}` has no option `{option}` "
+                             f"(options: {', '.join(known[sid].options)})")
+    nodes = sorted({n for sid in plan.int8_sites for n in known[sid].nodes})
+    named = out_dir / "named.onnx"
+    onnx.save(model, str(named))
+    if not nodes:
+        named.replace(out_dir / "model.onnx")
+        return None
+    from autotune.quantize import quantize_nodes
+
+    return quantize_nodes(named, out_dir / "model.onnx", plan.quantization or Quantization(),
+                          nodes, data_file, out_dir)

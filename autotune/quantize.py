@@ -72,3 +72,45 @@ def quantize_static(model_path: Path, out: Path, q: "Quantization", data_file: P
         calibration_cache_path=None,
         extra_options={"ActivationSymmetric": q.activation_type == "int8"})
     return note
+
+
+def quantize_nodes(model_path: Path, out: Path, q: "Quantization", nodes: list[str],
+                   data_file: Path | None, work: Path) -> str:
+    """Static INT8 QDQ of exactly `nodes`, checked afterwards.
+
+    ORT's pre-processing optimizer renames nodes (`mm` becomes `mm/MatMulAddFusion`), so a list
+    of names would silently match nothing: here it runs shape inference only, and every chosen
+    node must come out fed by a DequantizeLinear, or the build fails with the names it missed.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quant_pre_process
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    if data_file is None:
+        raise ValueError("static quantization needs calibration data")
+    logging.getLogger().setLevel(logging.ERROR)
+    source, note = model_path, "shape inference only"
+    try:
+        quant_pre_process(str(model_path), str(work / "inferred.onnx"), skip_optimization=True,
+                          skip_symbolic_shape=True)
+        source = work / "inferred.onnx"
+    except Exception as exc:
+        note = f"no shape inference ({type(exc).__name__})"
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    ort_quantize_static(
+        str(source), str(out), _Reader(data_file), quant_format=QuantFormat.QDQ,
+        per_channel=q.per_channel, reduce_range=q.reduce_range,
+        activation_type=types[q.activation_type], weight_type=types[q.weight_type],
+        calibrate_method=methods[q.calibration], nodes_to_quantize=list(nodes),
+        extra_options={"ActivationSymmetric": q.activation_type == "int8"})
+    quantized = onnx.load(str(out), load_external_data=False)
+    dq_outputs = {o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    got = {n.name for n in quantized.graph.node if n.input and n.input[0] in dq_outputs}
+    missed = [n for n in nodes if n not in got]
+    if missed:
+        raise ValueError(f"INT8 was chosen for {len(missed)} node(s) the quantizer left in float: "
+                         f"{', '.join(missed[:3])}")
+    return f"INT8 at {len(nodes)} node(s); {note}"

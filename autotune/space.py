@@ -5,7 +5,7 @@ choice becomes a Plan through `SearchSpace.plan`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import yaml
 from autotune import optimizers
 from autotune.errors import UsageError, did_you_mean
 from autotune.plan import Plan, Quantization, RuntimeChoices
+from autotune.sites import RULES, Site
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 _RUNTIME_KEYS = {f.name for f in fields(RuntimeChoices)}
@@ -34,9 +35,34 @@ class SearchSpace:
     description: str
     choices: tuple[Choice, ...]
     start: tuple[dict[str, Any], ...] = ()
+    site_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()  # rule -> options allowed
+
+    @property
+    def needs_sites(self) -> bool:
+        return bool(self.site_rules) and not any(c.key.startswith("site:") for c in self.choices)
+
+    def bind(self, sites: list[Site]) -> SearchSpace:
+        """The space over one model: a choice `site:<id>` for every site of an enabled rule."""
+        allowed = dict(self.site_rules)
+        extra = []
+        for site in sites:
+            if site.rule in allowed:
+                options = tuple(o for o in site.options if o in allowed[site.rule])
+                if len(options) > 1:
+                    extra.append(Choice(f"site:{site.id}", options))
+        return replace(self, choices=self.choices + tuple(extra))
+
+    @property
+    def site_choices(self) -> list[Choice]:
+        return [c for c in self.choices if c.key.startswith("site:")]
 
     def plan(self, assignment: dict[str, Any]) -> Plan:
-        """The Plan for an assignment; choices it leaves out keep the baseline's value."""
+        """The Plan for an assignment; choices it leaves out keep the baseline's value.
+
+        Site options equal to the site's first option (keep) are left out of the Plan."""
+        defaults = {c.key: c.options[0] for c in self.site_choices}
+        sites = {k[5:]: v for k, v in assignment.items()
+                 if k.startswith("site:") and v != defaults.get(k)}
         runtime = {k: v for k, v in assignment.items() if k in _RUNTIME_KEYS}
         if "disabled_optimizers" in runtime:
             runtime["disabled_optimizers"] = tuple(runtime["disabled_optimizers"])
@@ -44,7 +70,7 @@ class SearchSpace:
         if assignment.get("quantization", "none") == "static":
             quant = Quantization(**{k.split(".", 1)[1]: v for k, v in assignment.items()
                                     if k.startswith("quantization.")})
-        return Plan(RuntimeChoices(**runtime), quant)
+        return Plan(RuntimeChoices(**runtime), quant, tuple(sites.items()))
 
     def sample(self, rng: np.random.Generator) -> dict[str, Any]:
         return {c.key: c.options[rng.integers(len(c.options))] for c in self.choices}
@@ -66,10 +92,20 @@ def load(name_or_path: str) -> SearchSpace:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    unknown = set(spec) - {"name", "description", "choices", "start"}
+    top = ["name", "description", "choices", "sites", "start"]
+    unknown = set(spec) - set(top)
     if unknown:
         key = sorted(unknown)[0]
-        raise UsageError(f"{path}: unknown key `{key}`.{did_you_mean(key, ['name', 'description', 'choices', 'start'])}")
+        raise UsageError(f"{path}: unknown key `{key}`.{did_you_mean(key, top)}")
+    site_rules = []
+    for rule, options in (spec.get("sites") or {}).items():
+        if rule not in RULES:
+            raise UsageError(f"{path}: unknown site rule `{rule}`.{did_you_mean(rule, RULES)} "
+                             f"Known: {', '.join(sorted(RULES))}")
+        if not isinstance(options, list) or not set(options) <= set(RULES[rule]):
+            raise UsageError(f"{path}: site rule `{rule}` takes options from "
+                             f"{', '.join(RULES[rule])}, got {options!r}")
+        site_rules.append((rule, tuple(options)))
     choices = []
     for key, options in (spec.get("choices") or {}).items():
         if key not in KEYS:
@@ -82,7 +118,7 @@ def load(name_or_path: str) -> SearchSpace:
                 optimizers.check(option)
         choices.append(Choice(key, options))
     space = SearchSpace(spec.get("name", path.stem), spec.get("description", ""), tuple(choices),
-                        tuple(spec.get("start") or ()))
+                        tuple(spec.get("start") or ()), tuple(site_rules))
     for c in space.choices:  # every option must make a valid plan
         for option in c.options:
             extra = {"quantization": "static"} if c.key.startswith("quantization.") else {}

@@ -12,6 +12,7 @@ import numpy as np
 
 from autotune.errors import UsageError, did_you_mean
 from autotune.measure import Measurement
+from autotune.objective import Objective
 from autotune.plan import InvalidPlan, Plan
 from autotune.space import SearchSpace
 
@@ -32,6 +33,10 @@ class Strategy(ABC):
             if self._fresh(plan):
                 return plan
         return self._ask()
+
+    def setup(self, baseline: Measurement, objective: Objective) -> None:
+        """Called once by the tuner, after the baseline is measured and before the first ask."""
+        self.baseline, self.objective = baseline, objective
 
     def tell(self, plan: Plan, measurement: Measurement, score: float | None) -> None:
         self._tell(plan, measurement, score)
@@ -76,7 +81,94 @@ class RandomSearch(Strategy):
         return None
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"random": RandomSearch}
+class Greedy(Strategy):
+    """Per-site search for the most INT8 within the accuracy limit.
+
+    After the space's start points: each site alone with its first non-keep option ("singles"),
+    which measures what each costs in accuracy; then the sites ordered from cheapest to
+    dearest, and a binary search for the longest prefix of that order that stays within the
+    accuracy limit and is faster than the best so far; then the remaining sites one by one on
+    top of it, while budget lasts. Assumes accuracy costs roughly add up, as INT8 errors do.
+    """
+
+    name = "greedy"
+
+    def __init__(self, space: SearchSpace, seed: int = 0) -> None:
+        super().__init__(space, seed)
+        self.seen.add(Plan().digest())
+        self.sites = [(c.key, c.options[1]) for c in space.site_choices]
+        self.singles = list(self.sites)
+        self.cost: dict[str, float] = {}
+        self.order: list[tuple[str, str]] | None = None
+        self.lo, self.hi = 0, 0  # binary search over prefix lengths: lo fits, hi+1 does not
+        self.kept: list[tuple[str, str]] = []
+        self.rest: list[tuple[str, str]] = []
+        self.best_score = 1.0
+        self.pending: tuple[str, ...] = ()
+
+    def _plan(self, chosen: list[tuple[str, str]]) -> Plan:
+        return self.space.plan(dict(chosen))
+
+    def _ask(self) -> Plan | None:
+        while self.singles:
+            key, option = self.singles.pop(0)
+            self.pending = ("single", key)
+            plan = self._plan([(key, option)])
+            if self._fresh(plan):
+                return plan
+        if self.order is None:
+            limit = getattr(self, "objective", None)
+            self.order = sorted(self.sites, key=lambda s: self.cost.get(s[0], float("inf")))
+            self.order = [s for s in self.order if self.cost.get(s[0], float("inf")) <= (
+                limit.max_accuracy_drop if limit else float("inf"))]
+            self.lo, self.hi = 0, len(self.order)
+        while self.lo < self.hi:
+            mid = (self.lo + self.hi + 1) // 2
+            self.pending = ("prefix", mid)
+            plan = self._plan(self.order[:mid])
+            if self._fresh(plan):
+                return plan
+            self.lo = mid  # measured before: treat as fitting
+        if not self.kept and not self.rest:
+            self.kept = self.order[:self.lo]
+            self.rest = self.order[self.lo:]
+        while self.rest:
+            site = self.rest.pop(0)
+            self.pending = ("add", site)
+            plan = self._plan(self.kept + [site])
+            if self._fresh(plan):
+                return plan
+        return None
+
+    def _fits(self, m: Measurement) -> tuple[bool, float]:
+        if not m.ok or not hasattr(self, "objective"):
+            return False, 0.0
+        ok, _ = self.objective.verdict(m, self.baseline)
+        score = self.objective.score(m, self.baseline) or 0.0
+        return ok and score >= self.best_score, score
+
+    def _tell(self, plan: Plan, measurement: Measurement, score: float | None) -> None:
+        kind, what = self.pending[0], self.pending[1] if len(self.pending) > 1 else None
+        fits, value = self._fits(measurement)
+        if fits:
+            self.best_score = value
+        if kind == "single":
+            drop = (self.objective.accuracy_drop(measurement, self.baseline)
+                    if measurement.ok and hasattr(self, "objective") else None)
+            self.cost[what] = float("inf") if drop is None else max(drop, 0.0)
+        elif kind == "prefix":
+            if fits:
+                self.lo = what
+            else:
+                self.hi = what - 1
+        elif kind == "add" and fits:
+            self.kept.append(what)
+
+    def settings(self) -> dict:
+        return {**super().settings(), "sites": len(self.sites)}
+
+
+STRATEGIES: dict[str, type[Strategy]] = {"random": RandomSearch, "greedy": Greedy}
 
 
 def make(name: str, space: SearchSpace, seed: int = 0) -> Strategy:

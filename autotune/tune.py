@@ -33,6 +33,14 @@ def default_cache() -> Cache:
     return Cache(cache_dir() / "measurements.sqlite")
 
 
+def sites_of(workload: Workload) -> list:
+    import onnx
+
+    from autotune.sites import catalogue
+
+    return catalogue(onnx.load(str(workload.model_path)), workload.shapes)
+
+
 def pick_best(trials: list[Trial], objective: Objective) -> Trial | None:
     """The highest-scoring exportable trial, or None."""
     candidates = [t for t in trials if t.exportable and t.number > 0]
@@ -52,6 +60,8 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} already exists and is not empty; choose a new --out directory "
                          f"or remove it")
+    if space.needs_sites:
+        space = space.bind(sites_of(workload))
     searcher = strategies.make(strategy, space, seed)
     measurer = measurer or Measurer(workload, protocol, cache)
     progress = Progress(budget, quiet=quiet)
@@ -68,6 +78,7 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
             raise ModelError(f"the model does not run on ONNX Runtime as given ({base_m.reason}); "
                              f"check its operators and opset, and the input shapes bound")
         baseline = Trial(0, Plan(), base_m, "baseline", seed, 1.0, False, "the baseline")
+        searcher.setup(base_m, objective)
         # Only now is RUN_DIR written: bad input above leaves nothing behind.
         store = RunStore(out)
         store.create(_run_info(workload, space, searcher, budget, objective, seed, protocol, command))
@@ -106,6 +117,7 @@ def _run_info(workload: Workload, space: SearchSpace, searcher: strategies.Strat
 
     return {"command": command or sys.argv, "workload": workload.spec(),
             "workload_digest": workload.digest(), "search_space": space.name,
+            "site_choices": len(space.site_choices),
             "strategy": searcher.settings(), "budget": budget, "objective": asdict(objective),
             "seed": seed, "protocol": asdict(protocol), "onnxruntime": onnxruntime.__version__,
             "python": platform.python_version(), "machine": machine()}

@@ -31,7 +31,8 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
 
     plan = Plan.from_dict(spec["plan"])
     out = Path(spec["out"]) / "candidate"
-    c = apply(plan, Path(spec["model"]), Path(spec["data"]), out)
+    shapes = {k: tuple(v) for k, v in spec.get("shapes", {}).items()}
+    c = apply(plan, Path(spec["model"]), Path(spec["data"]), out, shapes)
     return {"status": "ok", "model": str(c.model), "settings": c.settings, "note": c.note}
 
 

@@ -6,6 +6,7 @@ held-out top-1 accuracy; `export` copies the cached ONNX file.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import shutil
 import sys
@@ -65,7 +66,7 @@ MODELS: dict[str, ZooModel] = {m.name: m for m in [
              stages=((64, 100), (128, 40), (224, 24))),
     ZooModel("mobilenet_v2", "MobileNetV2 (depthwise separable, ReLU6), 3x224x224 input",
              lambda: _nets().MobileNetV2(), "image",
-             stages=((64, 100), (128, 40), (224, 24))),
+             stages=((64, 150), (128, 60), (224, 48))),
     ZooModel("transformer_encoder",
              "BERT-style encoder, 4 layers, dim 128, 4 heads (MatMul attention, LayerNorm, GELU); "
              "64 patch tokens", lambda: _nets().TransformerEncoder(), "tokens",
@@ -83,7 +84,10 @@ def get(name: str) -> ZooModel:
 
 
 def _paths(name: str) -> tuple[Path, Path]:
-    base = cache_dir() / "zoo" / f"{name}-v{ZOO_VERSION}"
+    """Cache files named by the training recipe, so a changed recipe trains anew."""
+    m = get(name)
+    recipe = repr((ZOO_VERSION, m.name, m.input_kind, m.channels, m.size, m.stages, m.learning_rate))
+    base = cache_dir() / "zoo" / f"{name}-{hashlib.sha256(recipe.encode()).hexdigest()[:8]}"
     return base.with_suffix(".onnx"), base.with_suffix(".json")
 
 

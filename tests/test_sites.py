@@ -1,0 +1,95 @@
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from autotune import space as spaces
+from autotune import workload
+from autotune.errors import UsageError
+from autotune.plan import Plan, apply
+from autotune.sites import _regions, catalogue, stable_names
+
+MODEL = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 16] x) => (float[1, 10] y, float[32, 32] s) <float[16, 32] w1, float[32, 32] w2, float[32, 10] w3> {
+  h1 = MatMul(x, w1)
+  r1 = Relu(h1)
+  h2 = MatMul(r1, w2)
+  r2 = Relu(h2)
+  y = MatMul(r2, w3)
+  t = Transpose<perm = [1, 0]>(r1)
+  s = MatMul(t, r2)
+}
+"""
+
+
+def _model():
+    m = onnx.parser.parse_model(MODEL)
+    rng = np.random.default_rng(0)
+    for name, shape in [("w1", (16, 32)), ("w2", (32, 32)), ("w3", (32, 10))]:
+        m.graph.initializer.append(onnx.numpy_helper.from_array(
+            rng.standard_normal(shape).astype(np.float32), name))
+    return m
+
+
+def test_unnamed_nodes_get_stable_unique_names():
+    names = [n.name for n in stable_names(_model()).graph.node]
+    assert names == [n.name for n in stable_names(_model()).graph.node]
+    assert len(set(names)) == len(names) and all(names)
+
+
+def test_precision_sites_cover_weighted_matmuls_with_features():
+    sites = catalogue(_model(), {"x": (1, 16)})
+    nodes = [s for s in sites if s.rule == "int8_node"]
+    assert len(nodes) == 3  # the activation x activation MatMul is not a site
+    first = nodes[0]
+    assert first.kind == "precision" and first.lossy and first.options == ("fp32", "int8")
+    assert first.features["flops"] == 2 * 32 * 16
+    assert first.features["output_shape"] == [1, 32]
+    assert [s.id for s in catalogue(_model(), {"x": (1, 16)})] == [s.id for s in sites]
+
+
+def test_regions_follow_module_paths():
+    names = [f"/layer{i}/block{j}/conv{k}/Conv" for i in range(2) for j in range(3) for k in range(2)]
+    groups = _regions(names)
+    assert len(groups) == 6 and all(len(g) == 2 for g in groups)
+    assert _regions([f"n{i}" for i in range(9)]) == [[f"n{i}" for i in range(j, min(j + 4, 9))]
+                                                     for j in (0, 4, 8)]
+
+
+def test_int8_at_chosen_sites_quantizes_exactly_those_nodes(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(), path)
+    w = workload.load(str(path))
+    sites = [s for s in catalogue(onnx.load(path), w.shapes) if s.rule == "int8_node"]
+    chosen = sites[1]
+    plan = Plan(sites=((chosen.id, "int8"),))
+    c = apply(plan, path, w.data_file(), tmp_path / "out", w.shapes)
+    q = onnx.load(c.model)
+    onnx.checker.check_model(q, full_check=True)
+    dq = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    fed = {n.name for n in q.graph.node if n.op_type == "MatMul" and n.input[0] in dq}
+    assert fed == set(chosen.nodes)
+    ort.InferenceSession(str(c.model), providers=["CPUExecutionProvider"])
+
+
+def test_unknown_site_in_a_plan_is_refused(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(), path)
+    with pytest.raises(UsageError, match="no site"):
+        apply(Plan(sites=(("int8_node:nope", "int8"),)), path, None, tmp_path / "o", {"x": (1, 16)})
+
+
+def test_space_binds_one_choice_per_site_and_keeps_plans_small():
+    space = spaces.load("cpu-int8")
+    assert space.needs_sites
+    bound = space.bind(catalogue(_model(), {"x": (1, 16)}))
+    keys = [c.key for c in bound.site_choices]
+    assert keys and all(k.startswith("site:int8_region:") for k in keys)
+    assert bound.plan({k: "fp32" for k in keys}).sites == ()
+    assert len(bound.plan({keys[0]: "int8"}).int8_sites) == 1
+
+
+@pytest.mark.parametrize("name", ["runtime", "lossless", "cpu-int8", "full"])
+def test_every_shipped_space_loads(name):
+    assert spaces.load(name).name == name

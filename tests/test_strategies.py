@@ -1,0 +1,68 @@
+"""Search logic of every strategy, with a deterministic fake measurer (no timing here)."""
+import pytest
+
+from autotune import workload
+from autotune.measure import Measurement
+from autotune.objective import Objective
+from autotune.plan import Candidate, Plan, session_settings
+from autotune.space import Choice, SearchSpace
+from autotune.strategies import STRATEGIES
+from autotune.tune import tune
+
+N_SITES = 10
+COST = {f"int8_node:n{i}": 0.0005 * (i + 1) for i in range(N_SITES)}  # accuracy each site costs
+
+
+class SiteFake:
+    """Each INT8 site makes the model 10% faster and costs COST[site] of accuracy; costs add."""
+
+    def __init__(self, w):
+        self.workload, self.seen = w, set()
+
+    def measure(self, plan: Plan) -> Measurement:
+        cached = plan.digest() in self.seen
+        self.seen.add(plan.digest())
+        chosen = plan.int8_sites
+        speed = 1.0 + 0.1 * len(chosen)
+        acc = 0.95 - sum(COST[s] for s in chosen)
+        return Measurement("ok", latency_ms=10 / speed, baseline_ms=10.0, speedup=speed,
+                           speedup_ci=(speed * 0.99, speed * 1.01), runs=20, peak_memory_mb=10.0,
+                           model_size_mb=1.0, accuracy=acc, metric="top1", cached=cached)
+
+    def build(self, plan, out_dir):
+        return Candidate(self.workload.model_path, session_settings(plan.runtime))
+
+
+SPACE = SearchSpace("sites", "", tuple(Choice(f"site:{s}", ("fp32", "int8")) for s in COST))
+
+
+@pytest.fixture
+def w(mlp_path):
+    return workload.load(str(mlp_path))
+
+
+def _run(w, tmp_path, strategy, budget, limit=0.01):
+    return tune(w, SPACE, strategy=strategy, budget=budget, out=tmp_path / strategy, quiet=True,
+                measurer=SiteFake(w), objective=Objective(max_accuracy_drop=limit))
+
+
+def test_greedy_finds_the_most_int8_within_the_limit(w, tmp_path):
+    # Cheapest first: 0.0005 + 0.001 + ... ; the first 5 sites cost 0.0075, 6 cost 0.0105.
+    result = _run(w, tmp_path, "greedy", budget=30)
+    assert len(result.best.plan.int8_sites) == 5
+    assert result.best.measurement.speedup == pytest.approx(1.5)
+
+
+def test_greedy_stops_when_it_has_nothing_left(w, tmp_path):
+    result = _run(w, tmp_path, "greedy", budget=1000)
+    assert result.measurements_used < 2 * N_SITES + 5
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_respects_budget_and_limit_and_never_repeats(w, tmp_path, name):
+    result = _run(w, tmp_path, name, budget=8, limit=0.003)
+    assert result.measurements_used <= 8
+    digests = [t.plan.digest() for t in result.trials]
+    assert len(digests) == len(set(digests))
+    if result.best is not None:
+        assert 0.95 - result.best.measurement.accuracy <= 0.003 + 1e-9
