@@ -124,6 +124,9 @@ class Plan:
     def describe(self) -> str:
         """A short human summary, e.g. 'INT8 static per-channel minmax, level all'."""
         parts = []
+        applied = [sid.split(":", 1)[0] for sid, option in self.sites if option == "apply"]
+        for rule in sorted(set(applied)):
+            parts.append(f"{rule} x{applied.count(rule)}")
         if self.int8_sites:
             rules = sorted({sid.split(":", 1)[0] for sid in self.int8_sites})
             parts.append(f"INT8 at {len(self.int8_sites)} site(s) ({', '.join(rules)})")
@@ -202,25 +205,55 @@ def apply(plan: Plan, model_path: Path, data_file: Path | None, out_dir: Path,
 
 def _apply_sites(plan: Plan, model_path: Path, data_file: Path | None, out_dir: Path,
                  shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """Structural rewrites first (in catalogue order), then INT8 at the chosen nodes, followed
+    through the rewrites that replaced them."""
     import onnx
 
     from autotune import sites as catalogue
 
     model = catalogue.stable_names(onnx.load(str(model_path)))
-    known = {s.id: s for s in catalogue.catalogue(model, shapes)}
+    found = catalogue.catalogue(model, shapes)
+    known = {s.id: s for s in found}
     for sid, option in plan.sites:
         if sid not in known:
             raise UsageError(f"plan: the model has no site `{sid}`.{did_you_mean(sid, known)}")
         if option not in known[sid].options:
             raise UsageError(f"plan: site `{sid}` has no option `{option}` "
                              f"(options: {', '.join(known[sid].options)})")
-    nodes = sorted({n for sid in plan.int8_sites for n in known[sid].nodes})
+    chosen = dict(plan.sites)
+    structural = [s for s in found if s.rule in catalogue.STRUCTURAL and chosen.get(s.id) == "apply"]
+    replaced: dict[str, list[tuple[str, str]]] = {}  # old node -> (new node, op type)
+    notes = []
+    if structural:
+        import onnx_ir as ir
+
+        from autotune.rewrites import Match, prepare, registry
+
+        prepared, rewrites = prepare(model), registry()
+        for site in structural:
+            anchor = site.id.split(":", 1)[1]
+            new = rewrites[site.rule].apply(prepared, Match(anchor, site.nodes))
+            for old in site.nodes:
+                replaced[old] = [(n.name, n.op_type) for n in new]
+        from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+        RemoveUnusedNodesPass()(prepared)  # cleanup: weights the rewrites made unused
+        model = ir.serde.serialize_model(prepared)
+        notes.append(f"{len(structural)} rewrite(s)")
+    nodes = set()
+    for sid in plan.int8_sites:
+        for name in known[sid].nodes:
+            if name in replaced:
+                nodes |= {n for n, op in replaced[name] if op in catalogue.QUANTIZABLE}
+            else:
+                nodes.add(name)
     named = out_dir / "named.onnx"
     onnx.save(model, str(named))
     if not nodes:
         named.replace(out_dir / "model.onnx")
-        return None
+        return "; ".join(notes) or None
     from autotune.quantize import quantize_nodes
 
-    return quantize_nodes(named, out_dir / "model.onnx", plan.quantization or Quantization(),
-                          nodes, data_file, out_dir)
+    notes.append(quantize_nodes(named, out_dir / "model.onnx", plan.quantization or Quantization(),
+                                sorted(nodes), data_file, out_dir))
+    return "; ".join(notes)

@@ -16,8 +16,10 @@ from onnx import shape_inference
 
 QUANTIZABLE = ("Conv", "MatMul", "Gemm")
 KINDS = ("fusion", "grouping", "layout", "precision")
+STRUCTURAL = ("conv_bn", "matmul_add", "gelu", "skip_layernorm", "horizontal")
 # rule -> its options; the first keeps the model as it is.
 RULES: dict[str, tuple[str, ...]] = {
+    **{rule: ("keep", "apply") for rule in STRUCTURAL},
     "int8_node": ("fp32", "int8"),
     "int8_region": ("fp32", "int8"),
 }
@@ -110,8 +112,11 @@ def _regions(names: list[str]) -> list[list[str]]:
 
 
 def catalogue(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
-              rules: set[str] | None = None) -> list[Site]:
-    """The sites of `model` (its node names made stable first), limited to `rules` if given."""
+              rules: set[str] | None = None,
+              rejected: list[tuple[str, str, str]] | None = None) -> list[Site]:
+    """The sites of `model` (its node names made stable first), limited to `rules` if given.
+
+    Near misses are appended to `rejected` as (rule, node, reason) when a list is given."""
     model = stable_names(model)
     inferred = _shapes(_bind_inputs(model, shapes))
     nodes = list(model.graph.node)
@@ -135,6 +140,19 @@ def catalogue(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
                 "outputs_to": sorted({by_name[c].op_type for o in last.output for c in consumers[o]})}
 
     sites: list[Site] = []
+    wanted = [r for r in STRUCTURAL if rules is None or r in rules]
+    if wanted:
+        from autotune.rewrites import prepare, registry
+
+        prepared, rewrites = prepare(model), registry()
+        for rule in wanted:
+            rw = rewrites[rule]
+            for match in rw.find(prepared):
+                names = [n for n in match.nodes if n in by_name]
+                sites.append(Site(f"{rule}:{match.anchor}", rw.kind, rule, RULES[rule], rw.lossy,
+                                  match.nodes, features(names)))
+            if rejected is not None:
+                rejected += [(rule, anchor, reason) for anchor, reason in rw.rejected(prepared)]
     quantizable = [n.name for n in nodes if n.op_type in QUANTIZABLE and _has_weight(n, model)]
     if rules is None or "int8_node" in rules:
         sites += [Site(f"int8_node:{name}", "precision", "int8_node", ("fp32", "int8"), True,

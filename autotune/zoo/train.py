@@ -56,8 +56,18 @@ def train_and_export(model: "ZooModel", out: Path, log: Callable[[str], None]) -
     with torch.no_grad():
         pred = torch.cat([net(test[i:i + 64]).argmax(1) for i in range(0, len(test), 64)])
     top1 = float((pred.numpy() == test_y).mean())
-    torch.onnx.export(net, (test[:1],), str(out), input_names=[INPUT_NAME],
-                      output_names=[OUTPUT_NAME], opset_version=17, dynamo=False,
-                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    export_onnx(net, test[:1], out)
     return {"name": model.name, "top1": top1, "train_seconds": time.perf_counter() - start,
             "steps": total, "seed": SEED, "torch": torch.__version__}
+
+
+def export_onnx(net, example, out: Path) -> None:
+    """Exports with a dynamic batch dimension (TorchScript exporter: stable node names)."""
+    import torch
+
+    from autotune.zoo import INPUT_NAME, OUTPUT_NAME
+
+    net.eval()
+    torch.onnx.export(net, (example,), str(out), input_names=[INPUT_NAME],
+                      output_names=[OUTPUT_NAME], opset_version=17, dynamo=False,
+                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})

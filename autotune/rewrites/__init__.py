@@ -1,0 +1,53 @@
+"""Rewrites: small named transformations, each applying one option at one site.
+
+A rewrite family finds its sites on a prepared model (`prepare`) and applies itself at one
+anchor node at a time, so a Plan can turn each site on or off. Replacement nodes are named
+after their anchor (`<anchor>/<rule>`), so names stay stable and later choices (precision)
+can follow the nodes a rewrite replaced.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import onnx
+import onnx_ir as ir
+
+
+@dataclass(frozen=True)
+class Match:
+    anchor: str  # the node a site is named after
+    nodes: tuple[str, ...]  # every node the rewrite replaces
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    name: str
+    kind: str  # fusion | grouping | layout
+    lossy: bool
+    find: Callable[[ir.Model], list[Match]]
+    apply: Callable[[ir.Model, Match], list[ir.Node]]  # returns the replacement nodes
+    doc: str = ""
+    # (anchor, reason) for near misses: nodes the pattern matched but a check turned down
+    rejected: Callable[[ir.Model], list[tuple[str, str]]] = lambda model: []
+
+
+def prepare(model: onnx.ModelProto) -> ir.Model:
+    """The model in onnx-ir with Constant nodes lifted to initializers: the one cleanup step
+    every rewrite's patterns assume (exporters emit constants both ways)."""
+    from onnx_ir.passes.common import LiftConstantsToInitializersPass
+
+    m = ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(model))
+    LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(m)
+    return m
+
+
+def registry() -> dict[str, Rewrite]:
+    from autotune.rewrites import fusion, grouping
+
+    return {r.name: r for r in (*fusion.REWRITES, *grouping.REWRITES)}
+
+
+def rename(nodes: list[ir.Node], anchor: str, rule: str) -> None:
+    for k, node in enumerate(nodes):
+        node.name = f"{anchor}/{rule}" + (f"_{k}" if k else "")

@@ -1,0 +1,92 @@
+import numpy as np
+
+from tests.rewrites.helpers import assert_lossless, model, ops, rejected, rewrite_all
+
+GELU = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[2, 8] x) => (float[2, 8] y) {
+  c = Constant<value = float {1.4142135}>()
+  d = Div(x, c)
+  e = Erf(d)
+  one = Constant<value = float {1.0}>()
+  a = Add(e, one)
+  m = Mul(x, a)
+  half = Constant<value = float {0.5}>()
+  y = Mul(m, half)
+}
+"""
+
+SKIP_LN = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 4, 8] a, float[1, 4, 8] b) => (float[1, 4, 8] y) <float[8] gamma, float[8] beta> {
+  s = Add(a, b)
+  y = LayerNormalization<axis = -1, epsilon = 0.00001>(s, gamma, beta)
+}
+"""
+
+CONV_BN = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) <float[4, 3, 3, 3] w, float[4] s, float[4] b, float[4] mean, float[4] var> {
+  c = Conv<pads = [1, 1, 1, 1]>(x, w)
+  y = BatchNormalization(c, s, b, mean, var)
+}
+"""
+
+MATMUL_ADD = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[2, 8] x) => (float[2, 4] y) <float[8, 4] w, float[4] b> {
+  m = MatMul(x, w)
+  y = Add(b, m)
+}
+"""
+
+X = {"x": np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)}
+
+
+def test_gelu_is_fused_into_one_node_with_equal_outputs():
+    before = model(GELU, {})
+    after, n = rewrite_all(before, "gelu")
+    assert n == 1 and ops(after) == ["Gelu"]
+    assert_lossless(before, after, X)
+
+
+def test_skip_layernorm_fuses_add_and_layernorm():
+    before = model(SKIP_LN, {"gamma": (8,), "beta": (8,)})
+    after, n = rewrite_all(before, "skip_layernorm")
+    assert n == 1 and ops(after) == ["SkipLayerNormalization"]
+    rng = np.random.default_rng(2)
+    feeds = {k: rng.standard_normal((1, 4, 8)).astype(np.float32) for k in ("a", "b")}
+    assert_lossless(before, after, feeds)
+
+
+def test_skip_layernorm_rejects_rank_2_inputs_and_says_why():
+    text = SKIP_LN.replace("[1, 4, 8]", "[4, 8]")
+    m = model(text, {"gamma": (8,), "beta": (8,)})
+    assert rewrite_all(m, "skip_layernorm")[1] == 0
+    assert any("rank-3" in reason for _, reason in rejected(m, "skip_layernorm"))
+
+
+def test_conv_bn_folds_the_normalization_into_the_weights():
+    weights = {"w": (4, 3, 3, 3), "s": (4,), "b": (4,), "mean": (4,), "var": (4,)}
+    before = model(CONV_BN, weights)
+    # Variances must be positive.
+    var = next(i for i in before.graph.initializer if i.name == "var")
+    var.CopyFrom(__import__("onnx").numpy_helper.from_array(np.full(4, 0.8, np.float32), "var"))
+    after, n = rewrite_all(before, "conv_bn")
+    assert n == 1 and ops(after) == ["Conv"]
+    x = np.random.default_rng(3).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    assert_lossless(before, after, {"x": x})
+
+
+def test_matmul_add_becomes_gemm_in_either_operand_order():
+    before = model(MATMUL_ADD, {"w": (8, 4), "b": (4,)})
+    after, n = rewrite_all(before, "matmul_add")
+    assert n == 1 and ops(after) == ["Gemm"]
+    assert_lossless(before, after, X)
+
+
+def test_matmul_add_rejects_rank_3_and_says_why():
+    text = MATMUL_ADD.replace("float[2, 8] x", "float[1, 2, 8] x").replace("float[2, 4] y", "float[1, 2, 4] y")
+    m = model(text, {"w": (8, 4), "b": (4,)})
+    assert rewrite_all(m, "matmul_add")[1] == 0
+    assert any("Rank" in reason for _, reason in rejected(m, "matmul_add"))
