@@ -90,7 +90,9 @@ class Plan:
 
     @property
     def lossy(self) -> bool:
-        return self.quantization is not None or bool(self.int8_sites)
+        """Whether the plan may change the model's outputs (INT8, grouped convolutions)."""
+        return (self.quantization is not None or bool(self.int8_sites)
+                or any(sid.startswith("grouped_conv:") for sid, _ in self.sites))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -124,7 +126,8 @@ class Plan:
     def describe(self) -> str:
         """A short human summary, e.g. 'INT8 static per-channel minmax, level all'."""
         parts = []
-        applied = [sid.split(":", 1)[0] for sid, option in self.sites if option == "apply"]
+        applied = [sid.split(":", 1)[0] + ("" if option == "apply" else f"={option}")
+                   for sid, option in self.sites if option not in ("int8", "fp32")]
         for rule in sorted(set(applied)):
             parts.append(f"{rule} x{applied.count(rule)}")
         if self.int8_sites:
@@ -221,7 +224,8 @@ def _apply_sites(plan: Plan, model_path: Path, data_file: Path | None, out_dir: 
             raise UsageError(f"plan: site `{sid}` has no option `{option}` "
                              f"(options: {', '.join(known[sid].options)})")
     chosen = dict(plan.sites)
-    structural = [s for s in found if s.rule in catalogue.STRUCTURAL and chosen.get(s.id) == "apply"]
+    structural = [s for s in found if s.rule in catalogue.STRUCTURAL
+                  and chosen.get(s.id, s.default) != s.default]
     replaced: dict[str, list[tuple[str, str]]] = {}  # old node -> (new node, op type)
     notes = []
     if structural:
@@ -232,7 +236,7 @@ def _apply_sites(plan: Plan, model_path: Path, data_file: Path | None, out_dir: 
         prepared, rewrites = prepare(model), registry()
         for site in structural:
             anchor = site.id.split(":", 1)[1]
-            new = rewrites[site.rule].apply(prepared, Match(anchor, site.nodes))
+            new = rewrites[site.rule].apply(prepared, Match(anchor, site.nodes), chosen[site.id])
             for old in site.nodes:
                 replaced[old] = [(n.name, n.op_type) for n in new]
         from onnx_ir.passes.common import RemoveUnusedNodesPass

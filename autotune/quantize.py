@@ -54,13 +54,21 @@ def preprocess(model_path: Path, out: Path) -> tuple[Path, str]:
 def quantize_static(model_path: Path, out: Path, q: "Quantization", data_file: Path | None,
                     work: Path) -> str:
     """Writes the QDQ model to `out`; returns a note on the pre-processing done."""
+    if data_file is None:
+        raise ValueError("static quantization needs calibration data")
+    source, note = preprocess(model_path, work / "preprocessed.onnx")
+    _quantize(source, out, q, data_file)
+    return note
+
+
+def _quantize(source: Path, out: Path, q: "Quantization", data_file: Path,
+              nodes: list[str] | None = None) -> None:
+    """ORT's quantize_static in QDQ format with the plan's settings; int8 activations are
+    symmetric, uint8 ones asymmetric."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
-    if data_file is None:
-        raise ValueError("static quantization needs calibration data")
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs at INFO on every call
-    source, note = preprocess(model_path, work / "preprocessed.onnx")
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -68,10 +76,8 @@ def quantize_static(model_path: Path, out: Path, q: "Quantization", data_file: P
         str(source), str(out), _Reader(data_file), quant_format=QuantFormat.QDQ,
         per_channel=q.per_channel, reduce_range=q.reduce_range,
         activation_type=types[q.activation_type], weight_type=types[q.weight_type],
-        calibrate_method=methods[q.calibration],
-        calibration_cache_path=None,
+        calibrate_method=methods[q.calibration], nodes_to_quantize=nodes,
         extra_options={"ActivationSymmetric": q.activation_type == "int8"})
-    return note
 
 
 def quantize_nodes(model_path: Path, out: Path, q: "Quantization", nodes: list[str],
@@ -83,29 +89,18 @@ def quantize_nodes(model_path: Path, out: Path, q: "Quantization", nodes: list[s
     node must come out fed by a DequantizeLinear, or the build fails with the names it missed.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quant_pre_process
-    from onnxruntime.quantization import quantize_static as ort_quantize_static
 
     if data_file is None:
         raise ValueError("static quantization needs calibration data")
-    logging.getLogger().setLevel(logging.ERROR)
     source, note = model_path, "shape inference only"
     try:
         quant_pre_process(str(model_path), str(work / "inferred.onnx"), skip_optimization=True,
                           skip_symbolic_shape=True)
         source = work / "inferred.onnx"
-    except Exception as exc:
+    except Exception as exc:  # the tool raises bare Exceptions
         note = f"no shape inference ({type(exc).__name__})"
-    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    ort_quantize_static(
-        str(source), str(out), _Reader(data_file), quant_format=QuantFormat.QDQ,
-        per_channel=q.per_channel, reduce_range=q.reduce_range,
-        activation_type=types[q.activation_type], weight_type=types[q.weight_type],
-        calibrate_method=methods[q.calibration], nodes_to_quantize=list(nodes),
-        extra_options={"ActivationSymmetric": q.activation_type == "int8"})
+    _quantize(source, out, q, data_file, list(nodes))
     quantized = onnx.load(str(out), load_external_data=False)
     dq_outputs = {o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     got = {n.name for n in quantized.graph.node if n.input and n.input[0] in dq_outputs}

@@ -16,10 +16,12 @@ from onnx import shape_inference
 
 QUANTIZABLE = ("Conv", "MatMul", "Gemm")
 KINDS = ("fusion", "grouping", "layout", "precision")
-STRUCTURAL = ("conv_bn", "matmul_add", "gelu", "skip_layernorm", "horizontal")
+STRUCTURAL = ("conv_bn", "matmul_add", "gelu", "skip_layernorm", "transpose_pair", "horizontal",
+              "grouped_conv")
 # rule -> its options; the first keeps the model as it is.
 RULES: dict[str, tuple[str, ...]] = {
     **{rule: ("keep", "apply") for rule in STRUCTURAL},
+    "grouped_conv": ("keep", "g2", "g4"),
     "int8_node": ("fp32", "int8"),
     "int8_region": ("fp32", "int8"),
 }
@@ -149,8 +151,9 @@ def catalogue(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
             rw = rewrites[rule]
             for match in rw.find(prepared):
                 names = [n for n in match.nodes if n in by_name]
-                sites.append(Site(f"{rule}:{match.anchor}", rw.kind, rule, RULES[rule], rw.lossy,
-                                  match.nodes, features(names)))
+                sites.append(Site(f"{rule}:{match.anchor}", rw.kind, rule,
+                                  match.options or RULES[rule], rw.lossy, match.nodes,
+                                  features(names)))
             if rejected is not None:
                 rejected += [(rule, anchor, reason) for anchor, reason in rw.rejected(prepared)]
     quantizable = [n.name for n in nodes if n.op_type in QUANTIZABLE and _has_weight(n, model)]

@@ -25,6 +25,8 @@ class Strategy(ABC):
         self.seed = seed
         self.seen: set[str] = set()
         self._start = list(space.start)
+        self.baseline: Measurement | None = None
+        self.objective: Objective | None = None
 
     def ask(self) -> Plan | None:
         """The next new Plan: the space's start points first, then the strategy's own."""
@@ -99,6 +101,7 @@ class Greedy(Strategy):
         self.sites = [(c.key, c.options[1]) for c in space.site_choices]
         self.singles = list(self.sites)
         self.cost: dict[str, float] = {}
+        self.gain: dict[str, float] = {}
         self.order: list[tuple[str, str]] | None = None
         self.lo, self.hi = 0, 0  # binary search over prefix lengths: lo fits, hi+1 does not
         self.kept: list[tuple[str, str]] = []
@@ -117,8 +120,9 @@ class Greedy(Strategy):
             if self._fresh(plan):
                 return plan
         if self.order is None:
-            limit = getattr(self, "objective", None)
-            self.order = sorted(self.sites, key=lambda s: self.cost.get(s[0], float("inf")))
+            limit = self.objective
+            self.order = sorted(self.sites, key=lambda s: (self.cost.get(s[0], float("inf")),
+                                                           -self.gain.get(s[0], 0.0)))
             self.order = [s for s in self.order if self.cost.get(s[0], float("inf")) <= (
                 limit.max_accuracy_drop if limit else float("inf"))]
             self.lo, self.hi = 0, len(self.order)
@@ -141,7 +145,7 @@ class Greedy(Strategy):
         return None
 
     def _fits(self, m: Measurement) -> tuple[bool, float]:
-        if not m.ok or not hasattr(self, "objective"):
+        if not m.ok or self.objective is None:
             return False, 0.0
         ok, _ = self.objective.verdict(m, self.baseline)
         score = self.objective.score(m, self.baseline) or 0.0
@@ -154,8 +158,9 @@ class Greedy(Strategy):
             self.best_score = value
         if kind == "single":
             drop = (self.objective.accuracy_drop(measurement, self.baseline)
-                    if measurement.ok and hasattr(self, "objective") else None)
+                    if measurement.ok and self.objective is not None else None)
             self.cost[what] = float("inf") if drop is None else max(drop, 0.0)
+            self.gain[what] = value
         elif kind == "prefix":
             if fits:
                 self.lo = what

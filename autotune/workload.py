@@ -277,7 +277,7 @@ def load(model: str | None = None, *, workload: str | Path | dict | None = None,
     bound = _bind(inputs, spec, default_shapes, shapes, where, notes)
     dtypes = {name: dtype for name, _, dtype in inputs}
 
-    has_labels = source == "zoo"
+    has_labels = source == "zoo" and zoo.get(model_ref[4:]).labeled
     if source == "npz":
         with np.load(data["path"]) as f:
             has_labels = "labels" in f.files

@@ -18,6 +18,7 @@ import onnx_ir as ir
 class Match:
     anchor: str  # the node a site is named after
     nodes: tuple[str, ...]  # every node the rewrite replaces
+    options: tuple[str, ...] = ()  # where a site has fewer options than its rule
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,11 @@ class Rewrite:
     kind: str  # fusion | grouping | layout
     lossy: bool
     find: Callable[[ir.Model], list[Match]]
-    apply: Callable[[ir.Model, Match], list[ir.Node]]  # returns the replacement nodes
+    apply: Callable[[ir.Model, Match, str], list[ir.Node]]  # (model, site, option) -> new nodes
     doc: str = ""
     # (anchor, reason) for near misses: nodes the pattern matched but a check turned down
     rejected: Callable[[ir.Model], list[tuple[str, str]]] = lambda model: []
+    options: tuple[str, ...] = ("keep", "apply")  # the first leaves the model as it is
 
 
 def prepare(model: onnx.ModelProto) -> ir.Model:

@@ -1,4 +1,4 @@
-"""Fusion rewrites (lossless): onnxscript's rules where they fit, one site per match."""
+"""Fusion and layout rewrites (lossless): onnxscript's rules where they fit, one site per match."""
 from __future__ import annotations
 
 import onnx_ir as ir
@@ -6,7 +6,7 @@ from onnxscript.rewriter import pattern
 from onnxscript.rewriter._basics import MatchingTracer, MatchStatus
 from onnxscript.rewriter.ort_fusions.gelu import GeluErfFusion, GeluTanhFusion
 from onnxscript.rewriter.rules.common import (fuse_batchnorm_into_conv_rule,
-                                              matmul_add_to_gemm_rule)
+                                              matmul_add_to_gemm_rule, transpose_transpose_rule)
 
 from autotune.rewrites import Match, Rewrite, rename
 
@@ -56,7 +56,7 @@ def _commuted(rules) -> list:
     return out
 
 
-def _onnxscript_rewrite(name: str, rules: list, doc: str) -> Rewrite:
+def _onnxscript_rewrite(name: str, rules: list, doc: str, kind: str = "fusion") -> Rewrite:
     rules = _commuted(rules)
 
     def find(model: ir.Model) -> list[Match]:
@@ -85,7 +85,7 @@ def _onnxscript_rewrite(name: str, rules: list, doc: str) -> Rewrite:
                 out.append((node.name, reasons[0]))
         return out
 
-    def apply(model: ir.Model, site: Match) -> list[ir.Node]:
+    def apply(model: ir.Model, site: Match, option: str = "apply") -> list[ir.Node]:
         node = next((n for n in model.graph if n.name == site.anchor), None)
         if node is None:
             raise ValueError(f"{name} site {site.anchor}: its anchor node is gone (an earlier "
@@ -108,7 +108,7 @@ def _onnxscript_rewrite(name: str, rules: list, doc: str) -> Rewrite:
         raise ValueError(f"{name} site {site.anchor} no longer matches (an earlier rewrite "
                          f"changed its nodes)")
 
-    return Rewrite(name, "fusion", False, find, apply, doc, rejected)
+    return Rewrite(name, kind, False, find, apply, doc, rejected)
 
 
 def _rules(r) -> list:
@@ -124,4 +124,6 @@ REWRITES = [
                         "erf / tanh GELU subgraph -> com.microsoft Gelu / FastGelu"),
     _onnxscript_rewrite("skip_layernorm", [SkipLayerNormFusion.rule()],
                         "Add + LayerNormalization -> com.microsoft SkipLayerNormalization"),
+    _onnxscript_rewrite("transpose_pair", _rules(transpose_transpose_rule),
+                        "two Transposes in a row -> one (or none, if they cancel)", kind="layout"),
 ]

@@ -90,7 +90,7 @@ def rejected(model: ir.Model) -> list[tuple[str, str]]:
     return out
 
 
-def apply(model: ir.Model, site: Match) -> list[ir.Node]:
+def apply(model: ir.Model, site: Match, option: str = "apply") -> list[ir.Node]:
     graph = model.graph
     by_name = {n.name: n for n in graph}
     missing = [n for n in site.nodes if n not in by_name]
@@ -151,5 +151,52 @@ def apply(model: ir.Model, site: Match) -> list[ir.Node]:
     return new_nodes
 
 
-REWRITES = [Rewrite("horizontal", "grouping", False, find, apply,
-                    "sibling MatMul / Conv nodes over one input merged, then Split", rejected)]
+GROUPS = (2, 4)
+
+
+def find_grouped(model: ir.Model) -> list[Match]:
+    found = []
+    for node in model.graph:
+        w = _const(node.inputs[1]) if node.op_type == "Conv" and len(node.inputs) > 1 else None
+        if w is None or w.ndim != 4 or node.attributes.get_int("group", 1) != 1:
+            continue
+        cout, cin = w.shape[:2]
+        options = tuple(f"g{g}" for g in GROUPS if cin % g == 0 and cout % g == 0 and cin // g >= 4)
+        if options:
+            found.append(Match(node.name, (node.name,), ("keep", *options)))
+    return found
+
+
+def rejected_grouped(model: ir.Model) -> list[tuple[str, str]]:
+    out = []
+    for node in model.graph:
+        if node.op_type == "Conv" and node.attributes.get_int("group", 1) != 1:
+            out.append((node.name, "already grouped"))
+    return out
+
+
+def apply_grouped(model: ir.Model, site: Match, option: str) -> list[ir.Node]:
+    """Keeps the block-diagonal part of the weights: output block g sees input block g only."""
+    node = next((n for n in model.graph if n.name == site.anchor), None)
+    if node is None:
+        raise ValueError(f"grouped_conv site {site.anchor}: its node is gone")
+    groups = int(option[1:])
+    w = _const(node.inputs[1])
+    cout, cin = w.shape[:2]
+    co, ci = cout // groups, cin // groups
+    blocks = [w[g * co:(g + 1) * co, g * ci:(g + 1) * ci] for g in range(groups)]
+    name = f"{site.anchor}/grouped_conv.weight"
+    value = ir.Value(name=name, const_value=ir.tensor(np.concatenate(blocks, 0), name=name))
+    model.graph.register_initializer(value)
+    node.replace_input_with(1, value)
+    node.attributes["group"] = ir.AttrInt64("group", groups)
+    return [node]
+
+
+REWRITES = [
+    Rewrite("horizontal", "grouping", False, find, apply,
+            "sibling MatMul / Conv nodes over one input merged, then Split", rejected),
+    Rewrite("grouped_conv", "grouping", True, find_grouped, apply_grouped,
+            "a dense Conv as a grouped Conv keeping its block-diagonal weights (lossy)",
+            rejected_grouped, options=("keep", "g2", "g4")),
+]

@@ -29,7 +29,7 @@ class ZooModel:
     name: str
     description: str
     build: Callable[[], object]
-    input_kind: str  # "image" (batch, C, size, size) or "tokens" (batch, 64, 4)
+    input_kind: str  # "image" (batch, C, size, size), "tokens" (batch, 64, 4), "detect" (image, no labels)
     channels: int = 3
     size: int = 224
     # (input size, optimizer steps of batch 32): small sizes first keep training fast on a CPU,
@@ -48,7 +48,14 @@ class ZooModel:
 
         if self.input_kind == "tokens":
             return data.tokens(images)
+        if self.input_kind == "detect":
+            return data.canvases(images, np.zeros(len(images), np.int64), self.size, seed=len(images))[0]
         return data.render(images, self.channels, self.size)
+
+    @property
+    def labeled(self) -> bool:
+        """Classifiers are judged on labels; the detector by fidelity to its FP32 outputs."""
+        return self.input_kind != "detect"
 
 
 def _nets():
@@ -73,6 +80,9 @@ MODELS: dict[str, ZooModel] = {m.name: m for m in [
              stages=((0, 600),), learning_rate=1e-3),
     ZooModel("digits_cnn", "small CNN, 1x28x28 input", lambda: _nets().DigitsCNN(), "image",
              channels=1, size=28, stages=((28, 225),)),
+    ZooModel("yolo_like", "YOLOv8-shaped detector (SiLU, C2f, SPPF, upsample+concat neck, 3 heads), "
+             "3x320x320 input, dynamic height and width; trained to find digits on a canvas",
+             lambda: _nets().YoloLike(), "detect", size=320, stages=((96, 300),)),
 ]}
 
 
@@ -138,7 +148,7 @@ def dataset(name: str, calibration: int, evaluation: int) -> tuple[np.ndarray, n
     model = get(name)
     train_x, _, test_x, test_y = digits_split()
     return (model.render(train_x[:calibration]), model.render(test_x[:evaluation]),
-            test_y[:evaluation])
+            test_y[:evaluation] if model.labeled else None)
 
 
 __all__ = ["MODELS", "ZooModel", "get", "ensure", "export", "dataset", "info", "INPUT_NAME",

@@ -41,3 +41,22 @@ def tokens(images: np.ndarray) -> np.ndarray:
     x = render(images, 1, 16)[:, 0]  # (n, 16, 16)
     patches = x.reshape(len(x), 8, 2, 8, 2).transpose(0, 1, 3, 2, 4)
     return np.ascontiguousarray(patches.reshape(len(x), 64, 4))
+
+
+def canvases(images: np.ndarray, labels: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, list]:
+    """Digits pasted at seeded random places and scales on a size x size canvas (3 channels),
+    for the detector; returns (images, [(cx, cy, w, h, label)] in pixels)."""
+    import torch
+    from torch.nn import functional as F
+
+    rng = np.random.default_rng(seed)
+    out = np.full((len(images), 3, size, size), -0.3 / 0.4, np.float32)
+    boxes = []
+    for i, (img, label) in enumerate(zip(images, labels)):
+        s = int(rng.integers(size // 6, size // 2))
+        x0, y0 = (int(v) for v in rng.integers(0, size - s, 2))
+        digit = F.interpolate(torch.from_numpy(img[None, None]), size=(s, s), mode="bilinear",
+                              align_corners=False)[0, 0].numpy()
+        out[i, :, y0:y0 + s, x0:x0 + s] = (digit - 0.3) / 0.4
+        boxes.append((x0 + s / 2, y0 + s / 2, s, s, int(label)))
+    return out, boxes

@@ -151,3 +151,66 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, tokens, features)
         return self.head(self.layers(self.embed(x) + self.position).mean(dim=1))
+
+
+def _cbs(cin: int, cout: int, k: int = 1, s: int = 1) -> nn.Sequential:
+    """Conv + BatchNorm + SiLU, the YOLO building block."""
+    return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+
+
+class C2f(nn.Module):
+    """CSP block: split the channels, run bottlenecks on one half, concatenate every stage."""
+
+    def __init__(self, cin: int, cout: int, n: int = 1) -> None:
+        super().__init__()
+        self.h = cout // 2
+        self.cv1 = _cbs(cin, 2 * self.h)
+        self.blocks = nn.ModuleList(nn.Sequential(_cbs(self.h, self.h, 3), _cbs(self.h, self.h, 3))
+                                    for _ in range(n))
+        self.cv2 = _cbs((2 + n) * self.h, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = list(self.cv1(x).split((self.h, self.h), 1))
+        for block in self.blocks:
+            parts.append(parts[-1] + block(parts[-1]))
+        return self.cv2(torch.cat(parts, 1))
+
+
+class SPPF(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.cv1, self.cv2 = _cbs(c, c // 2), _cbs(c * 2, c)
+        self.pool = nn.MaxPool2d(5, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = [self.cv1(x)]
+        for _ in range(3):
+            y.append(self.pool(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+class YoloLike(nn.Module):
+    """A YOLOv8-shaped detector: SiLU, C2f backbone, SPPF, upsample + concat neck, three heads
+    concatenated into (batch, anchors, 5 + classes): objectness, box (cx, cy, w, h), classes."""
+
+    OUT = 5 + 10
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(_cbs(3, 16, 3, 2), _cbs(16, 32, 3, 2), C2f(32, 32, 1))
+        self.p3 = nn.Sequential(_cbs(32, 64, 3, 2), C2f(64, 64, 2))
+        self.p4 = nn.Sequential(_cbs(64, 128, 3, 2), C2f(128, 128, 2))
+        self.p5 = nn.Sequential(_cbs(128, 256, 3, 2), C2f(256, 256, 1), SPPF(256))
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.n4, self.n3 = C2f(384, 128), C2f(192, 64)
+        self.heads = nn.ModuleList(nn.Sequential(_cbs(c, 64, 3), nn.Conv2d(64, self.OUT, 1))
+                                   for c in (64, 128, 256))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p3 = self.p3(self.stem(x))
+        p4 = self.p4(p3)
+        p5 = self.p5(p4)
+        n4 = self.n4(torch.cat([self.up(p5), p4], 1))
+        n3 = self.n3(torch.cat([self.up(n4), p3], 1))
+        outs = [head(f).flatten(2) for head, f in zip(self.heads, (n3, n4, p5))]
+        return torch.cat(outs, 2).transpose(1, 2)

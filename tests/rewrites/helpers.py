@@ -27,13 +27,13 @@ def run(m: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
-def rewrite_all(m: onnx.ModelProto, rule: str) -> tuple[onnx.ModelProto, int]:
+def rewrite_all(m: onnx.ModelProto, rule: str, option: str = "apply") -> tuple[onnx.ModelProto, int]:
     """Applies `rule` at every site it finds, one site at a time; returns (model, sites)."""
     prepared = prepare(m)
     rw = registry()[rule]
     found = rw.find(prepared)
     for match in found:
-        rw.apply(prepared, match)
+        rw.apply(prepared, match, option)
     out = ir.serde.serialize_model(prepared)
     onnx.checker.check_model(out, full_check=True)
     return out, len(found)

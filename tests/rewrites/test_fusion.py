@@ -90,3 +90,19 @@ def test_matmul_add_rejects_rank_3_and_says_why():
     m = model(text, {"w": (8, 4), "b": (4,)})
     assert rewrite_all(m, "matmul_add")[1] == 0
     assert any("Rank" in reason for _, reason in rejected(m, "matmul_add"))
+
+TRANSPOSES = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 2, 3, 4] x) => (float[1, 2, 3, 4] y) {
+  t = Transpose<perm = [0, 2, 3, 1]>(x)
+  y = Transpose<perm = [0, 3, 1, 2]>(t)
+}
+"""
+
+
+def test_transpose_pair_that_cancels_disappears():
+    before = model(TRANSPOSES, {})
+    after, n = rewrite_all(before, "transpose_pair")
+    assert n == 1 and "Transpose" not in ops(after)
+    x = np.random.default_rng(4).standard_normal((1, 2, 3, 4)).astype(np.float32)
+    assert_lossless(before, after, {"x": x})

@@ -1,4 +1,5 @@
 import numpy as np
+import onnx
 
 from tests.rewrites.helpers import assert_lossless, model, ops, rejected, rewrite_all
 
@@ -46,3 +47,33 @@ def test_siblings_with_different_kernels_are_rejected_with_reason():
     m = model(text, {"w1": (4, 3, 1, 1), "w2": (2, 3, 3, 3), "b1": (4,)})
     assert rewrite_all(m, "horizontal")[1] == 0
     assert rejected(m, "horizontal") == [("Conv_0", "siblings differ in operator, kernel, stride or padding")]
+
+DENSE = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 8, 6, 6] x) => (float[1, 8, 6, 6] y) <float[8, 8, 3, 3] w> {
+  y = Conv<pads = [1, 1, 1, 1]>(x, w)
+}
+"""
+
+
+def test_grouped_conv_keeps_the_block_diagonal_weights():
+    before = model(DENSE, {"w": (8, 8, 3, 3)})
+    after, n = rewrite_all(before, "grouped_conv", "g2")
+    assert n == 1 and ops(after) == ["Conv"]
+    assert [a.i for a in after.graph.node[0].attribute if a.name == "group"] == [2]
+    # Equal to the dense conv with the off-diagonal blocks zeroed: lossy, but exactly that.
+    zeroed = onnx.ModelProto()
+    zeroed.CopyFrom(before)
+    w = onnx.numpy_helper.to_array(zeroed.graph.initializer[0]).copy()
+    w[:4, 4:] = 0
+    w[4:, :4] = 0
+    zeroed.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(w, "w"))
+    x = np.random.default_rng(0).standard_normal((1, 8, 6, 6)).astype(np.float32)
+    assert_lossless(zeroed, after, {"x": x})
+
+
+def test_an_already_grouped_conv_is_rejected_with_reason():
+    text = DENSE.replace("float[8, 8, 3, 3] w", "float[8, 4, 3, 3] w").replace("Conv<pads", "Conv<group = 2, pads")
+    m = model(text, {"w": (8, 4, 3, 3)})
+    assert rewrite_all(m, "grouped_conv", "g2")[1] == 0
+    assert rejected(m, "grouped_conv") == [("Conv_0", "already grouped")]
