@@ -34,7 +34,16 @@ def test_zoo_list_names_every_model(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2", "transformer_encoder"])
-def test_every_zoo_classifier_learns_digits(name):
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2", "transformer_encoder",
+                                  "yolo_like"])
+def test_every_zoo_model_learns_digits(name):
     zoo.ensure(name)
-    assert zoo.info(name)["top1"] >= 0.85
+    assert zoo.info(name)["top1"] >= 0.85  # the detector: class of its most confident cell
+
+
+@pytest.mark.slow
+def test_the_detector_is_judged_by_fidelity_on_canvases():
+    from autotune import workload
+
+    w = workload.load("zoo:yolo_like")
+    assert w.metric == "fidelity" and w.shapes == {"input": (1, 3, 320, 320)}

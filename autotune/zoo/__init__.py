@@ -82,7 +82,7 @@ MODELS: dict[str, ZooModel] = {m.name: m for m in [
              channels=1, size=28, stages=((28, 225),)),
     ZooModel("yolo_like", "YOLOv8-shaped detector (SiLU, C2f, SPPF, upsample+concat neck, 3 heads), "
              "3x320x320 input, dynamic height and width; trained to find digits on a canvas",
-             lambda: _nets().YoloLike(), "detect", size=320, stages=((96, 300),)),
+             lambda: _nets().YoloLike(), "detect", size=320, stages=((96, 400),)),
 ]}
 
 

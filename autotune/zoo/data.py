@@ -44,8 +44,10 @@ def tokens(images: np.ndarray) -> np.ndarray:
 
 
 def canvases(images: np.ndarray, labels: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, list]:
-    """Digits pasted at seeded random places and scales on a size x size canvas (3 channels),
-    for the detector; returns (images, [(cx, cy, w, h, label)] in pixels)."""
+    """Digits 16-48 pixels wide pasted at seeded random places on a size x size canvas
+    (3 channels), for the detector; returns (images, [(cx, cy, w, h, label)] in pixels).
+    The digits' size in pixels does not depend on the canvas, so a detector trained on small
+    canvases sees objects of the same scale on large ones."""
     import torch
     from torch.nn import functional as F
 
@@ -53,7 +55,7 @@ def canvases(images: np.ndarray, labels: np.ndarray, size: int, seed: int) -> tu
     out = np.full((len(images), 3, size, size), -0.3 / 0.4, np.float32)
     boxes = []
     for i, (img, label) in enumerate(zip(images, labels)):
-        s = int(rng.integers(size // 6, size // 2))
+        s = int(rng.integers(16, 49))
         x0, y0 = (int(v) for v in rng.integers(0, size - s, 2))
         digit = F.interpolate(torch.from_numpy(img[None, None]), size=(s, s), mode="bilinear",
                               align_corners=False)[0, 0].numpy()
