@@ -152,10 +152,13 @@ class Greedy(Strategy):
         return ok and score >= self.best_score, score
 
     def _tell(self, plan: Plan, measurement: Measurement, score: float | None) -> None:
-        kind, what = self.pending[0], self.pending[1] if len(self.pending) > 1 else None
         fits, value = self._fits(measurement)
         if fits:
             self.best_score = value
+        if not self.pending:  # a start point: it only raises the bar
+            return
+        kind, what = self.pending
+        self.pending = ()
         if kind == "single":
             drop = (self.objective.accuracy_drop(measurement, self.baseline)
                     if measurement.ok and self.objective is not None else None)
@@ -173,7 +176,74 @@ class Greedy(Strategy):
         return {**super().settings(), "sites": len(self.sites)}
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"random": RandomSearch, "greedy": Greedy}
+class TPE(Strategy):
+    """Optuna's TPE sampler over the same choices, through its ask-and-tell interface.
+
+    Each choice is a categorical over its options' indices. The value told to Optuna is the
+    log of the score within the accuracy limit, and below zero outside it (by how far), so the
+    sampler learns the limit as well as the speed. A plan measured before is told its earlier
+    value without counting against the budget.
+    """
+
+    name = "tpe"
+    MAX_ASKS = 200  # asks without a new Plan before the space counts as exhausted
+
+    def __init__(self, space: SearchSpace, seed: int = 0) -> None:
+        import optuna
+
+        super().__init__(space, seed)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Few random start-up trials: the budgets here are tens of measurements.
+        self.startup = max(3, min(10, len(space.choices)))
+        self.study = optuna.create_study(
+            direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.startup,
+                                               multivariate=True))
+        self.values: dict[str, float] = {Plan().digest(): 0.0}
+        self.seen.add(Plan().digest())
+        self._trial = None
+
+    def _ask(self) -> Plan | None:
+        import optuna
+
+        for _ in range(self.MAX_ASKS):
+            trial = self.study.ask()
+            assignment = {c.key: c.options[trial.suggest_categorical(c.key, list(range(len(c.options))))]
+                          for c in self.space.choices}
+            try:
+                plan = self.space.plan(assignment)
+            except InvalidPlan:
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                continue
+            if plan.digest() in self.values:
+                self.study.tell(trial, self.values[plan.digest()])
+                continue
+            if not self._fresh(plan):  # proposed before, its result not back yet
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                continue
+            self._trial = trial
+            return plan
+        return None
+
+    def _tell(self, plan: Plan, measurement: Measurement, score: float | None) -> None:
+        import math
+
+        value = -2.0  # failed
+        if measurement.ok and self.objective is not None and score:
+            drop = self.objective.accuracy_drop(measurement, self.baseline)
+            over = (drop or 0.0) - self.objective.max_accuracy_drop
+            value = math.log(score) if over <= 1e-9 else -1.0 - over
+        self.values[plan.digest()] = value
+        if self._trial is not None:
+            self.study.tell(self._trial, value)
+            self._trial = None
+
+    def settings(self) -> dict:
+        return {**super().settings(), "sampler": "TPESampler", "n_startup_trials": self.startup,
+                "multivariate": True}
+
+
+STRATEGIES: dict[str, type[Strategy]] = {"random": RandomSearch, "greedy": Greedy, "tpe": TPE}
 
 
 def make(name: str, space: SearchSpace, seed: int = 0) -> Strategy:

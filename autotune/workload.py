@@ -92,7 +92,12 @@ class Workload:
         d, b = self.data, self.batch
         labels = None
         if d.source == "zoo":
-            cal, ev, labels = zoo.dataset(self.zoo_name, d.calibration, d.evaluation)
+            shape = self.shapes[zoo.INPUT_NAME]
+            size = shape[-1] if zoo.get(self.zoo_name).input_kind != "tokens" else None
+            if size is not None and shape[-1] != shape[-2]:
+                raise WorkloadError(f"zoo data are square images; bind {zoo.INPUT_NAME} to a "
+                                    f"square shape, not {'x'.join(map(str, shape))}")
+            cal, ev, labels = zoo.dataset(self.zoo_name, d.calibration, d.evaluation, size)
             samples = {"cal": {zoo.INPUT_NAME: cal}, "eval": {zoo.INPUT_NAME: ev}}
         elif d.source == "npz":
             samples, labels = _read_npz(self, Path(d.path))

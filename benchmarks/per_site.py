@@ -37,6 +37,8 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=16)
     p.add_argument("--metric", choices=["top1", "fidelity"], default="fidelity")
     p.add_argument("--max-accuracy-drop", type=float, default=0.005)
+    p.add_argument("--evaluation", type=int, default=None,
+                   help="evaluation samples (default: the workload's, all 359 held-out digits)")
     args = p.parse_args()
     objective = Objective(max_accuracy_drop=args.max_accuracy_drop)
     print(f"budget {args.budget} per search, metric {args.metric}, limit {args.max_accuracy_drop}")
@@ -46,7 +48,10 @@ def main() -> None:
         cache = Cache(Path(tmp) / "measurements.sqlite")  # every number measured in this run
         for name in args.models:
             metric = args.metric if zoo.get(name).labeled else "fidelity"
-            w = workload.load(f"zoo:{name}", metric=metric)
+            spec = {"model": f"zoo:{name}", "metric": metric, "data": {"source": "zoo"}}
+            if args.evaluation:
+                spec["data"]["evaluation"] = args.evaluation
+            w = workload.load(workload=spec)
             per_site = "cpu-int8" if zoo.get(name).input_kind != "tokens" else "full"
             start = time.perf_counter()
             whole = tune(w, space.load("runtime"), strategy="random", budget=args.budget,

@@ -53,6 +53,14 @@ def test_greedy_finds_the_most_int8_within_the_limit(w, tmp_path):
     assert result.best.measurement.speedup == pytest.approx(1.5)
 
 
+def test_greedy_measures_start_points_first_and_goes_on(w, tmp_path):
+    space = SearchSpace("sites", "", SPACE.choices, start=({"quantization": "static"},))
+    result = tune(w, space, strategy="greedy", budget=30, out=tmp_path / "g", quiet=True,
+                  measurer=SiteFake(w), objective=Objective(max_accuracy_drop=0.01))
+    assert result.trials[0].plan.quantization is not None and not result.trials[0].plan.sites
+    assert len(result.best.plan.int8_sites) == 5
+
+
 def test_greedy_stops_when_it_has_nothing_left(w, tmp_path):
     result = _run(w, tmp_path, "greedy", budget=1000)
     assert result.measurements_used < 2 * N_SITES + 5

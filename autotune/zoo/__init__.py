@@ -42,15 +42,17 @@ class ZooModel:
             return (batch, 64, 4)
         return (batch, self.channels, self.size, self.size)
 
-    def render(self, images: np.ndarray) -> np.ndarray:
-        """The model's input for 8x8 digit images."""
+    def render(self, images: np.ndarray, size: int | None = None) -> np.ndarray:
+        """The model's input for 8x8 digit images, at its own size or at `size` (the image
+        models take any height and width)."""
         from autotune.zoo import data
 
+        size = size or self.size
         if self.input_kind == "tokens":
             return data.tokens(images)
         if self.input_kind == "detect":
-            return data.canvases(images, np.zeros(len(images), np.int64), self.size, seed=len(images))[0]
-        return data.render(images, self.channels, self.size)
+            return data.canvases(images, np.zeros(len(images), np.int64), size, seed=len(images))[0]
+        return data.render(images, self.channels, size)
 
     @property
     def labeled(self) -> bool:
@@ -138,16 +140,16 @@ def export(name: str, out: Path, log: Callable[[str], None] | None = None) -> Pa
     return out
 
 
-def dataset(name: str, calibration: int, evaluation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(calibration inputs, evaluation inputs, evaluation labels) for a zoo model, batch-first.
-
-    Calibration images come from the training part, evaluation from the held-out part.
-    """
+def dataset(name: str, calibration: int, evaluation: int,
+            size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(calibration inputs, evaluation inputs, evaluation labels) for a zoo model, batch-first,
+    rendered at `size` if given. Calibration images come from the training part, evaluation
+    from the held-out part."""
     from autotune.zoo.data import digits_split
 
     model = get(name)
     train_x, _, test_x, test_y = digits_split()
-    return (model.render(train_x[:calibration]), model.render(test_x[:evaluation]),
+    return (model.render(train_x[:calibration], size), model.render(test_x[:evaluation], size),
             test_y[:evaluation] if model.labeled else None)
 
 
