@@ -25,6 +25,18 @@ from autotune.workload import Workload
 
 # Bump when the worker's way of measuring changes, so old cached numbers are not reused.
 MEASURE_VERSION = 1
+# The code that builds and measures candidates: any change to it is a new cache key, so a
+# cached number always comes from the candidate the current code would build.
+_BUILD_CODE = ("plan.py", "quantize.py", "sites.py", "worker.py", "runtime.py", "rewrites")
+
+
+def code_digest() -> str:
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in _BUILD_CODE:
+        for path in sorted((root / name).rglob("*.py")) if (root / name).is_dir() else [root / name]:
+            h.update(path.read_bytes())
+    return h.hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -160,7 +172,8 @@ class Measurer:
         self._data_file = workload.data_file()
 
     def key(self, plan: Plan) -> str:
-        parts = [self.workload.digest(), plan.digest(), fingerprint(), self.protocol.digest()]
+        parts = [self.workload.digest(), plan.digest(), fingerprint(), self.protocol.digest(),
+                 code_digest()]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
     def measure(self, plan: Plan) -> Measurement:
@@ -221,6 +234,7 @@ class Measurer:
 
         return {"onnxruntime": onnxruntime.__version__, "machine": machine(),
                 "workload": self.workload.digest(), "protocol": self.protocol.digest(),
+                "code": code_digest(),
                 "python": platform.python_version()}
 
     @staticmethod

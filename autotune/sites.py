@@ -168,5 +168,6 @@ def catalogue(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
 
 def _has_weight(node: onnx.NodeProto, model: onnx.ModelProto) -> bool:
     """Quantizing a MatMul of two activations (attention scores) rarely pays; weights do."""
-    inits = {i.name for i in model.graph.initializer}
-    return any(i in inits for i in node.input[1:2])
+    weights = {i.name for i in model.graph.initializer}
+    weights |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return any(i in weights for i in node.input[1:2])

@@ -54,7 +54,13 @@ def test_random_full_plans_give_valid_models_and_lossless_ones_equal_outputs(unt
     plans = [space.plan({c.key: c.options[-1] for c in lossless})]  # every lossless rewrite at once
     plans += [space.plan({**space.sample(rng), "quantization": "none"}) for _ in range(2)]
     for i, plan in enumerate(plans):
-        c = apply(plan, w.model_path, w.data_file(), tmp_path / str(i), w.shapes)
+        try:
+            c = apply(plan, w.model_path, w.data_file(), tmp_path / str(i), w.shapes)
+        except ValueError as exc:
+            # ORT's quantizer cannot do every node selection (after contrib-op fusions it can
+            # leave chosen nodes in float); then the build must fail loudly, with the nodes.
+            assert plan.lossy and ("left in float" in str(exc) or "quantiz" in str(exc)), exc
+            continue
         onnx.checker.check_model(onnx.load(c.model), full_check=True)
         out = _run(c.model, x)
         assert out.shape == reference.shape

@@ -62,3 +62,12 @@ def test_crash_and_hang_become_failed_measurements(monkeypatch, mlp_path, fault,
 def test_interleaved_identical_configs_have_speedup_near_one(mlp_path):
     m = Measurer(workload.load(str(mlp_path)), FAST).measure(Plan())
     assert 0.5 < m.speedup < 2.0  # loose: a sanity check, not a timing assertion
+
+
+def test_a_change_to_the_build_code_is_a_new_cache_key(monkeypatch, mlp_path):
+    from autotune import measure
+
+    measurer = Measurer(workload.load(str(mlp_path)), FAST)
+    before = measurer.key(Plan())
+    monkeypatch.setattr(measure, "code_digest", lambda: "changed")
+    assert measurer.key(Plan()) != before
