@@ -156,7 +156,11 @@ def catalogue(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
                                   features(names)))
             if rejected is not None:
                 rejected += [(rule, anchor, reason) for anchor, reason in rw.rejected(prepared)]
-    quantizable = [n.name for n in nodes if n.op_type in QUANTIZABLE and _has_weight(n, model)]
+    weights = {i.name for i in model.graph.initializer}
+    weights |= {o for n in nodes if n.op_type == "Constant" for o in n.output}
+    # Quantizing a MatMul of two activations (attention scores) rarely pays; weights do.
+    quantizable = [n.name for n in nodes
+                   if n.op_type in QUANTIZABLE and any(i in weights for i in n.input[1:2])]
     if rules is None or "int8_node" in rules:
         sites += [Site(f"int8_node:{name}", "precision", "int8_node", ("fp32", "int8"), True,
                        (name,), features([name])) for name in quantizable]
@@ -164,10 +168,3 @@ def catalogue(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
         sites += [Site(f"int8_region:{group[0]}", "precision", "int8_region", ("fp32", "int8"),
                        True, tuple(group), features(group)) for group in _regions(quantizable)]
     return sites
-
-
-def _has_weight(node: onnx.NodeProto, model: onnx.ModelProto) -> bool:
-    """Quantizing a MatMul of two activations (attention scores) rarely pays; weights do."""
-    weights = {i.name for i in model.graph.initializer}
-    weights |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return any(i in weights for i in node.input[1:2])
