@@ -61,7 +61,7 @@ def main() -> None:
             print(f"{name}  (baseline ORT_ENABLE_ALL {whole.baseline.measurement.latency_ms:.3f} ms, "
                   f"{time.perf_counter() - start:.0f} s)")
             print(_row("whole-model", whole, metric))
-            print(_row(f"per-site", sites, metric), flush=True)
+            print(_row("per-site", sites, metric), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """The tuning loop's logic, with a deterministic fake measurer (no timing here)."""
 import json
-from pathlib import Path
 
 import pytest
 

@@ -62,7 +62,7 @@ def test_missing_and_corrupt_models(tmp_path, mlp_path):
 
 
 def test_npz_data_with_labels_gives_top1_and_a_split(tmp_path):
-    path = mlp(tmp_path / "m.onnx")
+    mlp(tmp_path / "m.onnx")
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.standard_normal((40, 16)).astype(np.float32),
              labels=rng.integers(0, 10, 40))

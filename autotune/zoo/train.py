@@ -50,8 +50,6 @@ def train_and_export(model: "ZooModel", out: Path, log: Callable[[str], None]) -
     import torch
     from torch.nn import functional as F
 
-    from autotune.zoo import INPUT_NAME, OUTPUT_NAME
-
     start = time.perf_counter()
     torch.manual_seed(SEED)
     net = model.build()
