@@ -70,6 +70,10 @@ def _zoo(args) -> int:
             info = zoo.info(m.name)
             state = f"top-1 {info['top1']:.4f}" if info else "not trained yet"
             print(f"{m.name:20s} {'x'.join(map(str, m.input_shape()[1:])):>10s}  {state:16s} {m.description}")
+        from autotune.zoo import wheels
+
+        for w in wheels.MODELS.values():
+            print(f"wheel:{w.name:14s} {'from ' + w.distribution:>27s}  {w.description}")
         return 0
     out = zoo.export(args.name, args.output)
     print(f"wrote {out} (held-out top-1 {zoo.info(args.name)['top1']:.4f})")

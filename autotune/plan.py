@@ -82,7 +82,13 @@ class Plan:
 
     @property
     def int8_sites(self) -> list[str]:
+        """Sites computed in static INT8 (QDQ)."""
         return [sid for sid, option in self.sites if option == "int8"]
+
+    @property
+    def dynamic_sites(self) -> list[str]:
+        """MatMul / Gemm sites with INT8 weights and activations quantized at run time."""
+        return [sid for sid, option in self.sites if option == "int8_dynamic"]
 
     @property
     def is_baseline(self) -> bool:
@@ -91,7 +97,7 @@ class Plan:
     @property
     def lossy(self) -> bool:
         """Whether the plan may change the model's outputs (INT8, grouped convolutions)."""
-        return (self.quantization is not None or bool(self.int8_sites)
+        return (self.quantization is not None or bool(self.int8_sites) or bool(self.dynamic_sites)
                 or any(sid.startswith("grouped_conv:") for sid, _ in self.sites))
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,12 +133,14 @@ class Plan:
         """A short human summary, e.g. 'INT8 static per-channel minmax, level all'."""
         parts = []
         applied = [sid.split(":", 1)[0] + ("" if option == "apply" else f"={option}")
-                   for sid, option in self.sites if option not in ("int8", "fp32")]
+                   for sid, option in self.sites if option not in ("int8", "int8_dynamic", "fp32")]
         for rule in sorted(set(applied)):
             parts.append(f"{rule} x{applied.count(rule)}")
         if self.int8_sites:
             rules = sorted({sid.split(":", 1)[0] for sid in self.int8_sites})
             parts.append(f"INT8 at {len(self.int8_sites)} site(s) ({', '.join(rules)})")
+        if self.dynamic_sites:
+            parts.append(f"dynamic INT8 at {len(self.dynamic_sites)} site(s)")
         if self.quantization and not self.int8_sites:
             q = self.quantization
             parts.append(f"INT8 static {'per-channel' if q.per_channel else 'per-tensor'} "
@@ -208,8 +216,9 @@ def apply(plan: Plan, model_path: Path, data_file: Path | None, out_dir: Path,
 
 def _apply_sites(plan: Plan, model_path: Path, data_file: Path | None, out_dir: Path,
                  shapes: dict[str, tuple[int, ...]]) -> str | None:
-    """Structural rewrites first (in catalogue order), then INT8 at the chosen nodes, followed
-    through the rewrites that replaced them."""
+    """Structural rewrites first (in catalogue order), then static INT8 at the chosen nodes, then
+    dynamic INT8 at the chosen MatMul / Gemm nodes, each followed through the rewrites that
+    replaced them."""
     import onnx
 
     from autotune import sites as catalogue
@@ -224,6 +233,11 @@ def _apply_sites(plan: Plan, model_path: Path, data_file: Path | None, out_dir: 
             raise UsageError(f"plan: site `{sid}` has no option `{option}` "
                              f"(options: {', '.join(known[sid].options)})")
     chosen = dict(plan.sites)
+    _, clashes = catalogue.compatible([(s, chosen[s.id]) for s in found if s.id in chosen])
+    if clashes:
+        site, rival = clashes[0]
+        raise InvalidPlan(f"plan: sites `{rival.id}` and `{site.id}` both change node "
+                          f"{sorted(set(site.nodes) & set(rival.nodes))[0]}; choose one")
     structural = [s for s in found if s.rule in catalogue.STRUCTURAL
                   and chosen.get(s.id, s.default) != s.default]
     replaced: dict[str, list[tuple[str, str]]] = {}  # old node -> (new node, op type)
@@ -247,20 +261,33 @@ def _apply_sites(plan: Plan, model_path: Path, data_file: Path | None, out_dir: 
         # value_info they made ORT run the transformer encoder about 5% slower.
         del model.graph.value_info[:]
         notes.append(f"{len(structural)} rewrite(s)")
-    nodes = set()
-    for sid in plan.int8_sites:
-        for name in known[sid].nodes:
-            if name in replaced:
-                nodes |= {n for n, op in replaced[name] if op in catalogue.QUANTIZABLE}
-            else:
-                nodes.add(name)
-    named = out_dir / "named.onnx"
-    onnx.save(model, str(named))
-    if not nodes:
-        named.replace(out_dir / "model.onnx")
-        return "; ".join(notes) or None
-    from autotune.quantize import quantize_nodes
 
-    notes.append(quantize_nodes(named, out_dir / "model.onnx", plan.quantization or Quantization(),
-                                sorted(nodes), data_file, out_dir))
-    return "; ".join(notes)
+    def followed(site_ids: list[str]) -> list[str]:
+        """The nodes of these sites, followed through the rewrites that replaced them."""
+        nodes = set()
+        for sid in site_ids:
+            for name in known[sid].nodes:
+                if name in replaced:
+                    nodes |= {n for n, op in replaced[name] if op in catalogue.QUANTIZABLE}
+                else:
+                    nodes.add(name)
+        return sorted(nodes)
+
+    static, dynamic = followed(plan.int8_sites), followed(plan.dynamic_sites)
+    from autotune.quantize import quantize_dynamic_nodes, quantize_nodes, quantize_static
+
+    current = out_dir / "named.onnx"
+    onnx.save(model, str(current))
+    if plan.quantization is not None and not static and not dynamic:  # whole-model INT8
+        notes.append(quantize_static(current, out_dir / "static.onnx", plan.quantization,
+                                     data_file, out_dir))
+        current = out_dir / "static.onnx"
+    if static:
+        notes.append(quantize_nodes(current, out_dir / "static.onnx",
+                                    plan.quantization or Quantization(), static, data_file, out_dir))
+        current = out_dir / "static.onnx"
+    if dynamic:
+        notes.append(quantize_dynamic_nodes(current, out_dir / "dynamic.onnx", dynamic))
+        current = out_dir / "dynamic.onnx"
+    current.replace(out_dir / "model.onnx")
+    return "; ".join(notes) or None

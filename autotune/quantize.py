@@ -109,3 +109,23 @@ def quantize_nodes(model_path: Path, out: Path, q: "Quantization", nodes: list[s
         raise ValueError(f"INT8 was chosen for {len(missed)} node(s) the quantizer left in float: "
                          f"{', '.join(missed[:3])}")
     return f"INT8 at {len(nodes)} node(s); {note}"
+
+
+def quantize_dynamic_nodes(model_path: Path, out: Path, nodes: list[str]) -> str:
+    """Dynamic INT8 of exactly `nodes` (MatMul / Gemm): weights quantized ahead of time,
+    activations at run time, so nothing is calibrated. Checked like `quantize_nodes`: every
+    chosen node must come out as an integer MatMul fed by DynamicQuantizeLinear."""
+    import onnx
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)
+    ort_quantize_dynamic(str(model_path), str(out), weight_type=QuantType.QInt8,
+                         nodes_to_quantize=list(nodes), op_types_to_quantize=["MatMul", "Gemm"])
+    quantized = onnx.load(str(out), load_external_data=False)
+    left = {n.name for n in quantized.graph.node if n.op_type in ("MatMul", "Gemm")}
+    missed = [n for n in nodes if n in left]
+    if missed:
+        raise ValueError(f"dynamic INT8 was chosen for {len(missed)} node(s) the quantizer left "
+                         f"in float: {', '.join(missed[:3])}")
+    return f"dynamic INT8 at {len(nodes)} node(s)"

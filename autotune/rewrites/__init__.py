@@ -45,9 +45,9 @@ def prepare(model: onnx.ModelProto) -> ir.Model:
 
 
 def registry() -> dict[str, Rewrite]:
-    from autotune.rewrites import fusion, grouping
+    from autotune.rewrites import attention, fusion, grouping
 
-    return {r.name: r for r in (*fusion.REWRITES, *grouping.REWRITES)}
+    return {r.name: r for r in (*fusion.REWRITES, *attention.REWRITES, *grouping.REWRITES)}
 
 
 def rename(nodes: list[ir.Node], anchor: str, rule: str) -> None:

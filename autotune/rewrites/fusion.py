@@ -7,6 +7,7 @@ from onnxscript.rewriter._basics import MatchingTracer, MatchStatus
 from onnxscript.rewriter.ort_fusions.gelu import GeluErfFusion, GeluTanhFusion
 from onnxscript.rewriter.rules.common import (fuse_batchnorm_into_conv_rule,
                                               matmul_add_to_gemm_rule, transpose_transpose_rule)
+from onnxscript.rewriter.rules.fusion._layer_norm import LayerNormFusion
 
 from autotune.rewrites import Match, Rewrite, rename
 
@@ -45,6 +46,131 @@ class SkipLayerNormFusion(pattern.RewriteRuleClassBase):
                                          _domain="com.microsoft")
 
 
+# Activations ORT's CPU FusedConv / FusedGemm kernels apply in place (MLAS activations).
+ACTIVATIONS = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "Clip")
+
+
+def _activation_attributes(act: ir.Node) -> tuple[dict, str | None]:
+    """FusedConv's `activation` / `activation_params` for an activation node, or a reason."""
+    if act.op_type in ("Relu", "Sigmoid", "Tanh"):
+        return {"activation": act.op_type}, None
+    if act.op_type == "LeakyRelu":
+        return {"activation": "LeakyRelu",
+                "activation_params": [act.attributes.get_float("alpha", 0.01)]}, None
+    if act.op_type == "HardSigmoid":
+        return {"activation": "HardSigmoid",
+                "activation_params": [act.attributes.get_float("alpha", 0.2),
+                                      act.attributes.get_float("beta", 0.5)]}, None
+    bounds = []  # Clip: min and max must be constants for the fused kernel
+    for i, default in ((1, float("-inf")), (2, float("inf"))):
+        value = act.inputs[i] if len(act.inputs) > i else None
+        if value is None:
+            bounds.append(default)
+        elif value.const_value is None or value.const_value.numpy().size != 1:
+            return {}, "Clip bounds are not constant scalars"
+        else:
+            bounds.append(float(value.const_value.numpy().reshape(())))
+    return {"activation": "Clip", "activation_params": bounds}, None
+
+
+class ConvActivationFusion(pattern.RewriteRuleClassBase):
+    """Replaces ``Act(Conv(x, w, b))`` with ORT's ``FusedConv(x, w, b, activation=Act)``.
+
+        x  w  (b)                 x  w  (b)
+         \\ | /                     \\ | /
+          Conv          ->        FusedConv(activation)
+           |                          |
+          Act                         y
+           |
+           y
+    """
+
+    def __init__(self, activation: str) -> None:
+        super().__init__(f"Conv{activation}Fusion")
+        self.activation = activation
+
+    def pattern(self, op, x):
+        conv = op.Conv(x, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["c"])
+        return getattr(op, self.activation)(conv, _allow_other_inputs=True,
+                                            _allow_other_attributes=True, _outputs=["y"])
+
+    def check(self, context, x, c, y, **_):
+        result = pattern.MatchResult()
+        if c.producer().domain not in ("", "ai.onnx"):
+            return result.fail("not an ONNX Conv")
+        _, why = _activation_attributes(y.producer())
+        return result.fail(why) if why else result
+
+    def rewrite(self, op, x, c, y, **_):
+        conv = c.producer()
+        attrs, _ = _activation_attributes(y.producer())
+        return op.FusedConv(*conv.inputs, **{k: a.value for k, a in conv.attributes.items()},
+                            **attrs, _domain="com.microsoft")
+
+
+class ConvAddFusion(pattern.RewriteRuleClassBase):
+    """Replaces ``[Relu](Add(Conv(x, w, b), z))`` (a residual sum) with ORT's
+    ``FusedConv(x, w, b, z [, activation=Relu])``, which adds z inside the convolution.
+
+        x  w  (b)                  x  w  (b)  z
+         \\ | /                      \\ | /   /
+          Conv   z        ->        FusedConv
+             \\ /                        |
+             Add                        y
+              |
+            [Relu]
+              |
+              y
+    """
+
+    def __init__(self, relu: bool) -> None:
+        super().__init__("ConvAddReluFusion" if relu else "ConvAddFusion")
+        self.relu = relu
+
+    def pattern(self, op, x, z):
+        conv = op.Conv(x, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["c"])
+        y = op.Add(conv, z)
+        return op.Relu(y) if self.relu else y
+
+    def check(self, context, x, z, c, **_):
+        result = pattern.MatchResult()
+        if c.producer().domain not in ("", "ai.onnx"):
+            return result.fail("not an ONNX Conv")
+        if c.shape is None or z.shape is None or len(c.shape) != len(z.shape):
+            return result.fail("the shapes of the convolution and the summand are not known")
+        if list(c.shape.dims) != list(z.shape.dims):
+            return result.fail("the summand broadcasts; FusedConv needs one of the output's shape")
+        return result
+
+    def rewrite(self, op, x, z, c, **_):
+        conv = c.producer()
+        inputs = list(conv.inputs) + [None] * (3 - len(conv.inputs))
+        attrs = {k: a.value for k, a in conv.attributes.items()}
+        if self.relu:
+            attrs["activation"] = "Relu"
+        return op.FusedConv(*inputs, z, **attrs, _domain="com.microsoft")
+
+
+class GemmActivationFusion(pattern.RewriteRuleClassBase):
+    """Replaces ``Act(Gemm(a, b, c))`` with ORT's ``FusedGemm(a, b, c, activation=Act)``."""
+
+    def __init__(self, activation: str) -> None:
+        super().__init__(f"Gemm{activation}Fusion")
+        self.activation = activation
+
+    def pattern(self, op, a):
+        gemm = op.Gemm(a, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["g"])
+        return getattr(op, self.activation)(gemm, _allow_other_attributes=True, _outputs=["y"])
+
+    def rewrite(self, op, a, g, y, **_):
+        gemm, act = g.producer(), y.producer()
+        attrs = {k: v.value for k, v in gemm.attributes.items()}
+        attrs["activation"] = act.op_type
+        if act.op_type == "LeakyRelu":
+            attrs["activation_alpha"] = act.attributes.get_float("alpha", 0.01)
+        return op.FusedGemm(*gemm.inputs, **attrs, _domain="com.microsoft")
+
+
 def _commuted(rules) -> list:
     """Each rule with its commutative variants (Add(b, a) as well as Add(a, b))."""
     out = []
@@ -67,7 +193,15 @@ def _onnxscript_rewrite(name: str, rules: list, doc: str, kind: str = "fusion") 
                 if match:
                     found.append(Match(node.name, tuple(n.name for n in match.nodes)))
                     break
-        return found
+        # Where matches overlap (Conv+Add inside Conv+Add+Relu), the larger one is the site:
+        # applying both could not work, and the larger one fuses more.
+        kept: list[Match] = []
+        taken: set[str] = set()
+        for match in sorted(found, key=lambda m: -len(m.nodes)):
+            if not taken & set(match.nodes):
+                kept.append(match)
+                taken |= set(match.nodes)
+        return [m for m in found if m in kept]
 
     def rejected(model: ir.Model) -> list[tuple[str, str]]:
         out = []
@@ -124,6 +258,15 @@ REWRITES = [
                         "erf / tanh GELU subgraph -> com.microsoft Gelu / FastGelu"),
     _onnxscript_rewrite("skip_layernorm", [SkipLayerNormFusion.rule()],
                         "Add + LayerNormalization -> com.microsoft SkipLayerNormalization"),
+    _onnxscript_rewrite("conv_act", [ConvActivationFusion.rule(a) for a in ACTIVATIONS],
+                        "Conv + activation -> com.microsoft FusedConv"),
+    _onnxscript_rewrite("conv_add", [ConvAddFusion.rule(True), ConvAddFusion.rule(False)],
+                        "Conv + residual Add (+ Relu) -> com.microsoft FusedConv with a summand"),
+    _onnxscript_rewrite("gemm_act", [GemmActivationFusion.rule(a)
+                                     for a in ("Relu", "Sigmoid", "Tanh", "LeakyRelu")],
+                        "Gemm + activation -> com.microsoft FusedGemm"),
+    _onnxscript_rewrite("layernorm", [LayerNormFusion.rule()],
+                        "ReduceMean / Sub / Pow / Sqrt / Div / Mul subgraph -> LayerNormalization"),
     _onnxscript_rewrite("transpose_pair", _rules(transpose_transpose_rule),
                         "two Transposes in a row -> one (or none, if they cancel)", kind="layout"),
 ]

@@ -106,3 +106,130 @@ def test_transpose_pair_that_cancels_disappears():
     assert n == 1 and "Transpose" not in ops(after)
     x = np.random.default_rng(4).standard_normal((1, 2, 3, 4)).astype(np.float32)
     assert_lossless(before, after, {"x": x})
+
+
+CONV_RESIDUAL = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 8, 6, 6] x) => (float[1, 8, 6, 6] y, float[1, 8, 6, 6] y2) <float[8, 8, 3, 3] w, float[8] b, float[8, 8, 1, 1] w2> {
+  c = Conv<pads = [1, 1, 1, 1]>(x, w, b)
+  r = Relu(c)
+  c2 = Conv(r, w2)
+  s = Add(c2, x)
+  y = Relu(s)
+  c3 = Conv(y, w2)
+  y2 = Add(x, c3)
+}
+"""
+CONV_WEIGHTS = {"w": (8, 8, 3, 3), "b": (8,), "w2": (8, 8, 1, 1)}
+X4 = {"x": np.random.default_rng(5).standard_normal((1, 8, 6, 6)).astype(np.float32)}
+
+
+def test_conv_act_fuses_only_a_conv_whose_one_consumer_is_the_activation():
+    before = model(CONV_RESIDUAL, CONV_WEIGHTS)
+    after, n = rewrite_all(before, "conv_act")
+    assert n == 1 and ops(after) == ["FusedConv", "Conv", "Add", "Relu", "Conv", "Add"]
+    assert_lossless(before, after, X4)
+
+
+def test_conv_add_takes_the_residual_sum_and_the_relu_after_it():
+    before = model(CONV_RESIDUAL, CONV_WEIGHTS)
+    after, n = rewrite_all(before, "conv_add")
+    # Conv + Add + Relu is one site (not also its Conv + Add), and so is Conv + Add alone.
+    assert n == 2 and ops(after) == ["Conv", "Relu", "FusedConv", "FusedConv"]
+    fused = [node for node in after.graph.node if node.op_type == "FusedConv"]
+    assert [len(node.input) for node in fused] == [4, 4]
+    assert_lossless(before, after, X4)
+
+
+def test_conv_add_rejects_a_broadcast_summand_and_says_why():
+    text = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 8, 6, 6] x, float[1, 8, 1, 1] z) => (float[1, 8, 6, 6] y) <float[8, 8, 1, 1] w2> {
+  c = Conv(x, w2)
+  y = Add(c, z)
+}
+"""
+    m = model(text, {"w2": (8, 8, 1, 1)})
+    assert rewrite_all(m, "conv_add")[1] == 0
+    assert any("broadcasts" in reason for _, reason in rejected(m, "conv_add"))
+
+
+def test_conv_act_rejects_a_clip_with_computed_bounds():
+    text = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 8, 6, 6] x, float hi) => (float[1, 8, 6, 6] y) <float[8, 8, 1, 1] w2, float lo> {
+  c = Conv(x, w2)
+  y = Clip(c, lo, hi)
+}
+"""
+    m = model(text, {"w2": (8, 8, 1, 1), "lo": ()})
+    assert rewrite_all(m, "conv_act")[1] == 0
+    assert any("Clip bounds" in reason for _, reason in rejected(m, "conv_act"))
+
+
+def test_conv_act_folds_clip_bounds_into_the_fused_kernel():
+    text = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 8, 6, 6] x) => (float[1, 8, 6, 6] y) <float[8, 8, 1, 1] w2> {
+  lo = Constant<value = float {0.0}>()
+  hi = Constant<value = float {6.0}>()
+  c = Conv(x, w2)
+  y = Clip(c, lo, hi)
+}
+"""
+    before = model(text, {"w2": (8, 8, 1, 1)})
+    after, n = rewrite_all(before, "conv_act")
+    assert n == 1 and ops(after) == ["FusedConv"]
+    attrs = {a.name: a for a in after.graph.node[0].attribute}
+    assert attrs["activation"].s == b"Clip" and list(attrs["activation_params"].floats) == [0.0, 6.0]
+    assert_lossless(before, after, {"x": X4["x"] * 10})
+
+
+GEMM_ACT = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[2, 8] x) => (float[2, 4] y) <float[8, 4] w, float[4] b> {
+  m = Gemm(x, w, b)
+  y = LeakyRelu<alpha = 0.2>(m)
+}
+"""
+
+
+def test_gemm_act_becomes_fused_gemm():
+    before = model(GEMM_ACT, {"w": (8, 4), "b": (4,)})
+    after, n = rewrite_all(before, "gemm_act")
+    assert n == 1 and ops(after) == ["FusedGemm"]
+    assert_lossless(before, after, X)
+
+
+LAYERNORM = """
+<ir_version: 8, opset_import: ["": 18]>
+g (float[2, 4, 8] x) => (float[2, 4, 8] y) <float[8] gamma> {
+  axes = Constant<value = int64[1] {-1}>()
+  mean = ReduceMean<keepdims = 1>(x, axes)
+  d = Sub(x, mean)
+  two = Constant<value = float {2.0}>()
+  dd = Pow(d, two)
+  var = ReduceMean<keepdims = 1>(dd, axes)
+  eps = Constant<value = float {0.00001}>()
+  ve = Add(var, eps)
+  sd = Sqrt(ve)
+  n = Div(d, sd)
+  y = Mul(n, gamma)
+}
+"""
+
+
+def test_decomposed_layernorm_becomes_one_layer_normalization():
+    before = model(LAYERNORM, {"gamma": (8,)})
+    after, n = rewrite_all(before, "layernorm")
+    assert n == 1 and ops(after) == ["LayerNormalization"]
+    x = np.random.default_rng(6).standard_normal((2, 4, 8)).astype(np.float32)
+    assert_lossless(before, after, {"x": x})
+
+
+def test_layernorm_rejects_a_computed_epsilon_and_says_why():
+    text = LAYERNORM.replace("g (float[2, 4, 8] x)", "g (float[2, 4, 8] x, float eps)").replace(
+        "  eps = Constant<value = float {0.00001}>()\n", "")
+    m = model(text, {"gamma": (8,)})
+    assert rewrite_all(m, "layernorm")[1] == 0
+    assert any("Epsilon" in reason for _, reason in rejected(m, "layernorm"))
