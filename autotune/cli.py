@@ -123,8 +123,9 @@ def _sites(args) -> int:
         raise AutotuneError("give a model (an .onnx file or zoo:NAME) or --workload W.yaml")
     w = workloads.load(args.model, workload=args.workload, shapes=args.shape, metric=args.metric)
     found = sites_of(w)
-    if args.search_space:
-        rules = dict(spaces.load(args.search_space).site_rules)
+    space = spaces.load(args.search_space) if args.search_space else None
+    if space is not None:
+        rules = dict(space.site_rules)
         found = [s for s in found if s.rule in rules]
     if args.json:
         print(json.dumps([{"id": s.id, "kind": s.kind, "rule": s.rule, "options": list(s.options),
@@ -133,11 +134,19 @@ def _sites(args) -> int:
         return 0
     counts = {k: sum(s.kind == k for s in found) for k in ("fusion", "grouping", "layout", "precision")}
     print(f"{len(found)} sites: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
-    for s in found:
-        f = s.features
-        print(f"{s.id:60s} {s.kind:9s} {'/'.join(s.options):10s} {'lossy' if s.lossy else 'lossless':8s} "
-              f"{'+'.join(f['op_types']):14s} {f['nodes']:3d} nodes {f['flops'] / 1e6:9.1f} MFLOP "
-              f"at {f['position']:.2f}")
+    for c in space.choices if space is not None else ():
+        options = "/".join(",".join(o) or "none" if isinstance(o, tuple) else str(o).lower()
+                           for o in c.options)
+        print(f"global  {c.key}: {options}")
+    rows = [(s.id, s.kind, "/".join(s.options), "lossy" if s.lossy else "lossless",
+             "+".join(s.features["op_types"]), f"{s.features['nodes']} nodes",
+             f"{s.features['flops'] / 1e6:.1f} MFLOP", f"at {s.features['position']:.2f}",
+             "for GPU providers" if s.features.get("provider") == "gpu" else "") for s in found]
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(9)]
+    right = {5, 6}  # numbers
+    for r in rows:
+        print("  ".join(c.rjust(w) if i in right else c.ljust(w)
+                        for i, (c, w) in enumerate(zip(r, widths))).rstrip())
     return 0
 
 

@@ -91,6 +91,11 @@ class Plan:
         return [sid for sid, option in self.sites if option == "int8_dynamic"]
 
     @property
+    def fp16_sites(self) -> list[str]:
+        """Regions computed in float16 (for GPU providers; the CPU provider runs them slower)."""
+        return [sid for sid, option in self.sites if option == "fp16"]
+
+    @property
     def is_baseline(self) -> bool:
         return self == Plan()
 
@@ -98,7 +103,7 @@ class Plan:
     def lossy(self) -> bool:
         """Whether the plan may change the model's outputs (INT8, grouped convolutions)."""
         return (self.quantization is not None or bool(self.int8_sites) or bool(self.dynamic_sites)
-                or any(sid.startswith("grouped_conv:") for sid, _ in self.sites))
+                or bool(self.fp16_sites) or any(sid.startswith("grouped_conv:") for sid, _ in self.sites))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -133,7 +138,7 @@ class Plan:
         """A short human summary, e.g. 'INT8 static per-channel minmax, level all'."""
         parts = []
         applied = [sid.split(":", 1)[0] + ("" if option == "apply" else f"={option}")
-                   for sid, option in self.sites if option not in ("int8", "int8_dynamic", "fp32")]
+                   for sid, option in self.sites if option not in ("int8", "int8_dynamic", "fp16", "fp32")]
         for rule in sorted(set(applied)):
             parts.append(f"{rule} x{applied.count(rule)}")
         if self.int8_sites:
@@ -141,6 +146,8 @@ class Plan:
             parts.append(f"INT8 at {len(self.int8_sites)} site(s) ({', '.join(rules)})")
         if self.dynamic_sites:
             parts.append(f"dynamic INT8 at {len(self.dynamic_sites)} site(s)")
+        if self.fp16_sites:
+            parts.append(f"FP16 at {len(self.fp16_sites)} region(s)")
         if self.quantization and not self.int8_sites:
             q = self.quantization
             parts.append(f"INT8 static {'per-channel' if q.per_channel else 'per-tensor'} "
@@ -262,13 +269,13 @@ def _apply_sites(plan: Plan, model_path: Path, data_file: Path | None, out_dir: 
         del model.graph.value_info[:]
         notes.append(f"{len(structural)} rewrite(s)")
 
-    def followed(site_ids: list[str]) -> list[str]:
+    def followed(site_ids: list[str], all_ops: bool = False) -> list[str]:
         """The nodes of these sites, followed through the rewrites that replaced them."""
         nodes = set()
         for sid in site_ids:
             for name in known[sid].nodes:
                 if name in replaced:
-                    nodes |= {n for n, op in replaced[name] if op in catalogue.QUANTIZABLE}
+                    nodes |= {n for n, op in replaced[name] if all_ops or op in catalogue.QUANTIZABLE}
                 else:
                     nodes.add(name)
         return sorted(nodes)
@@ -276,6 +283,19 @@ def _apply_sites(plan: Plan, model_path: Path, data_file: Path | None, out_dir: 
     static, dynamic = followed(plan.int8_sites), followed(plan.dynamic_sites)
     from autotune.quantize import quantize_dynamic_nodes, quantize_nodes, quantize_static
 
+    fp16 = set(followed(plan.fp16_sites, all_ops=True))
+    if fp16:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(
+            model, keep_io_types=True,
+            node_block_list=[n.name for n in model.graph.node if n.name not in fp16])
+        import onnx_ir as ir
+
+        graph = ir.serde.deserialize_model(model)
+        graph.graph.sort()  # the converter appends its Casts at the end of the graph
+        model = ir.serde.serialize_model(graph)
+        notes.append(f"FP16 at {len(fp16)} node(s)")
     current = out_dir / "named.onnx"
     onnx.save(model, str(current))
     if plan.quantization is not None and not static and not dynamic:  # whole-model INT8

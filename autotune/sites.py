@@ -26,6 +26,8 @@ RULES: dict[str, tuple[str, ...]] = {
     # int8_dynamic: weights INT8 ahead of time, activations quantized at run time (MatMul/Gemm)
     "int8_node": ("fp32", "int8", "int8_dynamic"),
     "int8_region": ("fp32", "int8"),
+    # float16 for GPU providers: listed so that plans can say it; the CPU provider runs it slower
+    "fp16_region": ("fp32", "fp16"),
 }
 
 
@@ -188,6 +190,15 @@ def catalogue(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
     if rules is None or "int8_region" in rules:
         sites += [Site(f"int8_region:{group[0]}", "precision", "int8_region", ("fp32", "int8"),
                        True, tuple(group), features(group)) for group in _regions(quantizable)]
+    if rules is None or "fp16_region" in rules:
+        # The same regions, with every node between their first and last Conv / MatMul, so
+        # that float16 runs through the activations between them without Casts.
+        index = {n.name: i for i, n in enumerate(nodes)}
+        for group in _regions(quantizable):
+            span = [n.name for n in nodes[index[group[0]]:index[group[-1]] + 1]]
+            sites.append(Site(f"fp16_region:{group[0]}", "precision", "fp16_region",
+                              RULES["fp16_region"], True, tuple(span),
+                              {**features(span), "provider": "gpu"}))
     return sites
 
 

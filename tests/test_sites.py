@@ -165,3 +165,23 @@ def test_a_plan_with_conflicting_sites_is_refused_with_both_names(tmp_path):
     plan = Plan(sites=((found["conv_act"], "apply"), (found["int8_node"], "int8")))
     with pytest.raises(InvalidPlan, match="both change node"):
         apply(plan, path, None, tmp_path / "out", {"x": (1, 8, 6, 6)})
+
+
+def test_fp16_region_is_marked_for_gpu_and_computes_in_float16(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(), path)
+    w = workload.load(str(path))
+    regions = [s for s in catalogue(onnx.load(path), w.shapes) if s.rule == "fp16_region"]
+    assert regions and all(s.features["provider"] == "gpu" and s.lossy for s in regions)
+    assert "Relu" in regions[0].features["op_types"]  # the span, not only the MatMuls
+    plan = Plan(sites=((regions[0].id, "fp16"),))
+    assert plan.lossy and "FP16 at 1 region" in plan.describe()
+    c = apply(plan, path, w.data_file(), tmp_path / "out", w.shapes)
+    m = onnx.load(c.model)
+    onnx.checker.check_model(m, full_check=True)
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer)
+    x = {"x": np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)}
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    a, b = run(path), run(c.model)
+    assert a.dtype == b.dtype == np.float32
+    assert np.linalg.norm(a - b) <= 1e-2 * np.linalg.norm(a)

@@ -191,9 +191,9 @@ def _candidates(model: ir.Model, block: int) -> set[ir.Node]:
             ok = (from_chosen(x) and len(node.outputs) == 1
                   and all(_const(v) is not None for v in node.inputs[1:]))
         elif op == "Concat":
-            ok = (node.attributes.get_int("axis", 0) == 1
-                  and all(from_chosen(v) and (_channels(v) or 1) % block == 0
-                          for v in node.inputs))
+            channels = [_channels(v) for v in node.inputs]
+            ok = (node.attributes.get_int("axis", 0) == 1 and all(map(from_chosen, node.inputs))
+                  and all(c is not None and c % block == 0 for c in channels))
         else:
             ok = False
         if ok:
@@ -399,12 +399,13 @@ def _splice(model: ir.Model, nodes: list[ir.Node], optimized: onnx.ModelProto,
     graph = model.graph
     values: dict[str, ir.Value] = {v.name: v for v in tensors}
     for t in optimized.graph.initializer:
-        tensor = ir.serde.deserialize_tensor(t)
-        tensor.name = prefix + t.name
+        name = t.name
+        tensor = ir.serde.deserialize_tensor(t)  # wraps `t`: renaming it renames `t` too
+        tensor.name = prefix + name
         value = ir.Value(name=tensor.name, shape=tensor.shape, type=ir.TensorType(tensor.dtype),
                          const_value=tensor)
         graph.register_initializer(value)
-        values[t.name] = value
+        values[name] = value
     boundary = {v.name: v for v in outputs}
     new_nodes: list[ir.Node] = []
     pending = list(optimized.graph.node)
