@@ -214,6 +214,30 @@ class Measurer:
         return Measurement(**{**{f.name: getattr(m, f.name) for f in fields(m)},
                               "provenance": self._provenance()})
 
+    def compare(self, plans: list[Plan]) -> list[Measurement]:
+        """The plans timed in one interleaved run, ratios and accuracy against the first (give
+        the baseline, Plan(), first); never cached. A plan that fails to build gets a failed
+        Measurement and the others run without it; if the run fails, every plan does."""
+        with tempfile.TemporaryDirectory(prefix="autotune-") as tmp:
+            dirs = [Path(tmp) / str(i) for i in range(len(plans))]
+            for d in dirs:
+                d.mkdir()
+            built = [self.build(plan, d) for plan, d in zip(plans, dirs)]
+            ok = [b for b in built if isinstance(b, Candidate)]
+            spec = {"candidates": [{"model": str(b.model), "settings": b.settings} for b in ok],
+                    "data": str(self._data_file), "metric": self.workload.metric,
+                    "protocol": asdict(self.protocol)}
+            result = self._run("compare", spec, Path(tmp), self.protocol.measure_timeout)
+        if result.get("status") != "ok":
+            return [b if isinstance(b, Measurement) else Measurement.failed(result["reason"])
+                    for b in built]
+        rows = iter(result["rows"])
+        return [b if isinstance(b, Measurement) else Measurement(
+                    status="ok", metric=self.workload.metric, build_note=b.note,
+                    provenance=self._provenance(),
+                    **{k: tuple(v) if k.endswith("_ci") else v for k, v in next(rows).items()})
+                for b in built]
+
     def _measure(self, model: Path, settings: dict[str, Any], tmp: Path,
                  build_note: str | None = None, baseline_accuracy: bool = False) -> Measurement:
         spec = {"model": str(model), "settings": settings,

@@ -78,7 +78,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         for _ in range(protocol["warmup_runs"]):
             cand.run(None, feed)
             base.run(None, feed)
-        c_times, b_times = _interleave(cand, base, feed, protocol)
+        c_times, b_times = _interleave([cand, base], feed, protocol)
         stage = "accuracy"
         accuracy, error = _accuracy(cand, base, evaluation, labels, spec["metric"])
         extra = {}
@@ -97,25 +97,26 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             "accuracy": accuracy, "output_error": error, "metric": spec["metric"], **extra}
 
 
-def _interleave(cand, base, feed, protocol) -> tuple[np.ndarray, np.ndarray]:
-    """Times candidate and baseline in alternating ABBA order until the protocol is satisfied."""
-    c_times, b_times = [], []
+def _interleave(sessions, feed, protocol) -> list[np.ndarray]:
+    """Times the sessions in turn, forwards then backwards (ABBA for two, ABCCBA for three),
+    until the protocol is satisfied, so drift over the run hits each of them alike."""
+    times: list[list[float]] = [[] for _ in sessions]
     clock = time.perf_counter
     start = clock()
     i = 0
     while True:
-        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
-            session, times = (cand, c_times) if which == 0 else (base, b_times)
+        order = range(len(sessions)) if i % 2 == 0 else range(len(sessions) - 1, -1, -1)
+        for k in order:
             t0 = clock()
-            session.run(None, feed)
-            times.append((clock() - t0) * 1000)
+            sessions[k].run(None, feed)
+            times[k].append((clock() - t0) * 1000)
         i += 1
         elapsed = clock() - start
         if i >= protocol["max_runs"] or elapsed >= protocol["max_seconds"]:
             break
         if i >= protocol["min_runs"] and elapsed >= protocol["min_seconds"]:
             break
-    return np.array(c_times), np.array(b_times)
+    return [np.array(t) for t in times]
 
 
 def _accuracy(cand, base, evaluation, labels, metric) -> tuple[float, float | None]:
@@ -146,6 +147,41 @@ def _accuracy(cand, base, evaluation, labels, metric) -> tuple[float, float | No
     return (agree / count if count else None), error
 
 
+def compare(spec: dict[str, Any]) -> dict[str, Any]:
+    """Several built candidates in one interleaved run; the first is the reference (the
+    ORT_ENABLE_ALL baseline) that ratios and accuracy are taken against."""
+    from autotune.runtime import create_session
+    from autotune.stats import median_ci, speedup_ci
+
+    with np.load(spec["data"]) as f:
+        arrays = {k[5:]: f[k] for k in f.files if k.startswith("eval:")}
+        labels = f["labels"] if "labels" in f.files else None
+    evaluation = [{n: a[i] for n, a in arrays.items()} for i in range(len(next(iter(arrays.values()))))]
+    feed = evaluation[0]
+    # No peak memory here: sessions made one after another in one process share its heap; the
+    # `measure` command, whose candidate is the first session of a fresh process, measures it.
+    sessions = []
+    try:
+        for c in spec["candidates"]:
+            sessions.append(create_session(c["model"], c["settings"], NO_SPIN))
+            sessions[-1].run(None, feed)
+        for _ in range(spec["protocol"]["warmup_runs"]):
+            for session in sessions:
+                session.run(None, feed)
+        times = _interleave(sessions, feed, spec["protocol"])
+        scores = [_accuracy(s, sessions[0], evaluation, labels, spec["metric"]) for s in sessions]
+    except Exception as exc:
+        return {"status": "failed", "reason": _reason(exc)}
+    rows = []
+    for t, (accuracy, error) in zip(times, scores):
+        lat, lo, hi = median_ci(t)
+        ratio, r_lo, r_hi = speedup_ci(times[0], t)
+        rows.append({"latency_ms": lat, "latency_ci": [lo, hi], "speedup": ratio,
+                     "speedup_ci": [r_lo, r_hi], "accuracy": accuracy,
+                     "output_error": error, "runs": len(t)})
+    return {"status": "ok", "rows": rows}
+
+
 def _inject_fault() -> None:
     """Test hook: AUTOTUNE_WORKER_FAULT=crash|hang makes the worker fail the way ORT can."""
     fault = os.environ.get("AUTOTUNE_WORKER_FAULT")
@@ -160,7 +196,7 @@ def main(argv: list[str]) -> int:
     _inject_fault()
     spec = json.loads(Path(spec_file).read_text())
     try:
-        result = {"build": build, "measure": measure}[command](spec)
+        result = {"build": build, "measure": measure, "compare": compare}[command](spec)
     except Exception as exc:
         result = {"status": "failed", "reason": _reason(exc)}
     Path(result_file).write_text(json.dumps(result))

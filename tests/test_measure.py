@@ -71,3 +71,15 @@ def test_a_change_to_the_build_code_is_a_new_cache_key(monkeypatch, mlp_path):
     before = measurer.key(Plan())
     monkeypatch.setattr(measure, "code_digest", lambda: "changed")
     assert measurer.key(Plan()) != before
+
+
+def test_compare_times_plans_in_one_run_against_the_first(mlp_path):
+    from autotune.plan import Quantization
+
+    plans = [Plan(), Plan(quantization=Quantization()), Plan(sites=(("nope:x", "apply"),))]
+    base, int8, bad = Measurer(workload.load(str(mlp_path)), FAST).compare(plans)
+    assert base.ok and int8.ok, (base.reason, int8.reason)
+    assert base.speedup == 1.0 and base.output_error == pytest.approx(0.0, abs=1e-6)
+    assert base.runs == int8.runs >= 6  # interleaved: every round times each of them
+    assert int8.output_error > 0 and int8.speedup_ci[0] <= int8.speedup <= int8.speedup_ci[1]
+    assert not bad.ok and "no site" in bad.reason
