@@ -139,7 +139,7 @@ def _sites(args) -> int:
                            for o in c.options)
         print(f"global  {c.key}: {options}")
     rows = [(s.id, s.kind, "/".join(s.options), "lossy" if s.lossy else "lossless",
-             "+".join(s.features["op_types"]), f"{s.features['nodes']} nodes",
+             _clip("+".join(s.features["op_types"]), 28), f"{s.features['nodes']} nodes",
              f"{s.features['flops'] / 1e6:.1f} MFLOP", f"at {s.features['position']:.2f}",
              "for GPU providers" if s.features.get("provider") == "gpu" else "") for s in found]
     widths = [max((len(r[i]) for r in rows), default=0) for i in range(9)]
@@ -148,6 +148,10 @@ def _sites(args) -> int:
         print("  ".join(c.rjust(w) if i in right else c.ljust(w)
                         for i, (c, w) in enumerate(zip(r, widths))).rstrip())
     return 0
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _verify(args) -> int:

@@ -18,11 +18,13 @@ QUANTIZABLE = ("Conv", "MatMul", "Gemm")
 KINDS = ("fusion", "grouping", "layout", "precision")
 # Structural rules in the order a plan applies them: fusions, then grouping, then layout.
 STRUCTURAL = ("conv_bn", "layernorm", "matmul_add", "gemm_act", "gelu", "skip_layernorm",
-              "attention", "conv_add", "conv_act", "transpose_pair", "horizontal", "grouped_conv")
+              "attention", "conv_add", "conv_act", "transpose_pair", "transpose_matmul",
+              "horizontal", "grouped_conv", "nchwc")
 # rule -> its options; the first keeps the model as it is. A site may offer fewer.
 RULES: dict[str, tuple[str, ...]] = {
     **{rule: ("keep", "apply") for rule in STRUCTURAL},
     "grouped_conv": ("keep", "g2", "g4"),
+    "nchwc": ("keep", "nchwc"),  # ORT's blocked channel layout for one region
     # int8_dynamic: weights INT8 ahead of time, activations quantized at run time (MatMul/Gemm)
     "int8_node": ("fp32", "int8", "int8_dynamic"),
     "int8_region": ("fp32", "int8"),

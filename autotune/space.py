@@ -68,8 +68,9 @@ class SearchSpace:
         sites = {k[5:]: v for k, v in assignment.items()
                  if k.startswith("site:") and v != defaults.get(k)}
         if self.sites and sites:
-            kept, _ = compatible([(s, sites[s.id]) for s in self.sites if s.id in sites])
-            sites = {s.id: sites[s.id] for s in kept}
+            _, dropped = compatible([(s, sites[s.id]) for s in self.sites if s.id in sites])
+            for site, _ in dropped:
+                del sites[site.id]
         runtime = {k: v for k, v in assignment.items() if k in _RUNTIME_KEYS}
         if "disabled_optimizers" in runtime:
             runtime["disabled_optimizers"] = tuple(runtime["disabled_optimizers"])

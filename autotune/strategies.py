@@ -86,11 +86,13 @@ class RandomSearch(Strategy):
 class Greedy(Strategy):
     """Per-site search for the most INT8 within the accuracy limit.
 
-    After the space's start points: each site alone with its first non-keep option ("singles"),
-    which measures what each costs in accuracy; then the sites ordered from cheapest to
-    dearest, and a binary search for the longest prefix of that order that stays within the
-    accuracy limit and is faster than the best so far; then the remaining sites one by one on
-    top of it, while budget lasts. Assumes accuracy costs roughly add up, as INT8 errors do.
+    After the space's start points: each lossy site alone with its first non-keep option
+    ("singles"), which measures what it costs in accuracy (a lossless site costs nothing: its
+    rewrite is tested to keep the outputs); then the sites ordered from cheapest to dearest,
+    lossless ones first, and a binary search for the longest prefix of that order that stays
+    within the accuracy limit and is faster than the best so far; then the remaining sites one
+    by one on top of it, while budget lasts. Assumes accuracy costs roughly add up, as INT8
+    errors do.
     """
 
     name = "greedy"
@@ -99,8 +101,9 @@ class Greedy(Strategy):
         super().__init__(space, seed)
         self.seen.add(Plan().digest())
         self.sites = [(c.key, c.options[1]) for c in space.site_choices]
-        self.singles = list(self.sites)
-        self.cost: dict[str, float] = {}
+        lossless = {f"site:{site.id}" for site in space.sites if not site.lossy}
+        self.singles = [s for s in self.sites if s[0] not in lossless]
+        self.cost: dict[str, float] = {key: 0.0 for key in lossless}
         self.gain: dict[str, float] = {}
         self.order: list[tuple[str, str]] | None = None
         self.lo, self.hi = 0, 0  # binary search over prefix lengths: lo fits, hi+1 does not

@@ -74,3 +74,19 @@ def test_every_strategy_respects_budget_and_limit_and_never_repeats(w, tmp_path,
     assert len(digests) == len(set(digests))
     if result.best is not None:
         assert 0.95 - result.best.measurement.accuracy <= 0.003 + 1e-9
+
+
+def test_greedy_does_not_spend_measurements_on_the_accuracy_of_lossless_sites(w, tmp_path):
+    from autotune.sites import Site
+
+    lossless = [Site(f"gelu:g{i}", "fusion", "gelu", ("keep", "apply"), False, (f"g{i}",))
+                for i in range(6)]
+    space = SearchSpace("sites", "", SPACE.choices + tuple(
+        Choice(f"site:{s.id}", s.options) for s in lossless), sites=tuple(lossless))
+    result = tune(w, space, strategy="greedy", budget=N_SITES + 2, out=tmp_path / "g", quiet=True,
+                  measurer=SiteFake(w), objective=Objective(max_accuracy_drop=0.01))
+    singles = [t for t in result.trials if len(t.plan.sites) == 1]
+    assert all(sid.startswith("int8_node:") for t in singles for sid, _ in t.plan.sites)
+    # the first plan after the singles takes the lossless sites (cost 0) before any INT8 one
+    first = result.trials[len(singles)].plan
+    assert {sid for sid, _ in first.sites} >= {s.id for s in lossless}

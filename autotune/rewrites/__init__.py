@@ -45,9 +45,10 @@ def prepare(model: onnx.ModelProto) -> ir.Model:
 
 
 def registry() -> dict[str, Rewrite]:
-    from autotune.rewrites import attention, fusion, grouping
+    from autotune.rewrites import attention, fusion, grouping, layout
 
-    return {r.name: r for r in (*fusion.REWRITES, *attention.REWRITES, *grouping.REWRITES)}
+    return {r.name: r for r in (*fusion.REWRITES, *attention.REWRITES, *grouping.REWRITES,
+                                *layout.REWRITES)}
 
 
 def rename(nodes: list[ir.Node], anchor: str, rule: str) -> None:

@@ -171,6 +171,53 @@ class GemmActivationFusion(pattern.RewriteRuleClassBase):
         return op.FusedGemm(*gemm.inputs, **attrs, _domain="com.microsoft")
 
 
+class TransposeIntoMatMul(pattern.RewriteRuleClassBase):
+    """Replaces ``MatMul(a, Transpose(x, perm))`` with ORT's ``FusedMatMul(a, Transpose(x, perm'),
+    transB=1)``, where perm' is perm with its last two axes swapped back: the MatMul reads its
+    operand transposed instead of a copy being made with the innermost axis moved. perm' keeps
+    the innermost axis in place (a cheaper copy), or is the identity and the Transpose goes.
+
+        x                         x
+        |                         |
+    Transpose(0,2,3,1)  ->   Transpose(0,2,1,3)      (e.g. attention keys)
+        |                         |
+      MatMul(a, .)           FusedMatMul(a, ., transB=1)
+    """
+
+    def __init__(self, operand: int) -> None:
+        super().__init__(f"TransposeIntoMatMul{'AB'[operand]}")
+        self.operand = operand
+
+    def pattern(self, op, a, x):
+        t = op.Transpose(x, _allow_other_attributes=True, _outputs=["t"])
+        return op.MatMul(t, a) if self.operand == 0 else op.MatMul(a, t)
+
+    def _perm(self, t: ir.Value) -> list[int] | None:
+        perm = t.producer().attributes.get_ints("perm", None)
+        return list(perm) if perm is not None else None
+
+    def check(self, context, a, x, t, **_):
+        result = pattern.MatchResult()
+        perm = self._perm(t)
+        if perm is None or len(perm) < 2:
+            return result.fail("the Transpose has no explicit permutation of rank 2 or more")
+        if a.shape is None or len(a.shape) != len(perm):
+            return result.fail("the other operand's rank is not known to match (no broadcasting)")
+        rest = perm[:-2] + [perm[-1], perm[-2]]
+        if rest[-1] != len(perm) - 1:
+            return result.fail("the Transpose does not move the innermost axis next to last: "
+                               "the MatMul cannot take it over")
+        return result
+
+    def rewrite(self, op, a, x, t, **_):
+        perm = self._perm(t)
+        rest = perm[:-2] + [perm[-1], perm[-2]]
+        inner = x if rest == list(range(len(perm))) else op.Transpose(x, perm=rest)
+        if self.operand == 0:
+            return op.FusedMatMul(inner, a, transA=1, _domain="com.microsoft")
+        return op.FusedMatMul(a, inner, transB=1, _domain="com.microsoft")
+
+
 def _commuted(rules) -> list:
     """Each rule with its commutative variants (Add(b, a) as well as Add(a, b))."""
     out = []
@@ -269,4 +316,7 @@ REWRITES = [
                         "ReduceMean / Sub / Pow / Sqrt / Div / Mul subgraph -> LayerNormalization"),
     _onnxscript_rewrite("transpose_pair", _rules(transpose_transpose_rule),
                         "two Transposes in a row -> one (or none, if they cancel)", kind="layout"),
+    _onnxscript_rewrite("transpose_matmul", [TransposeIntoMatMul.rule(1), TransposeIntoMatMul.rule(0)],
+                        "a Transpose's last-axes swap taken over by the MatMul it feeds "
+                        "(com.microsoft FusedMatMul transA / transB)", kind="layout"),
 ]

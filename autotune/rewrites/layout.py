@@ -19,7 +19,9 @@ ONNX Runtime as a model of its own and splicing back what it makes of it::
         y (NCHW)                          y (NCHW)
 
 The region's boundary tensors stay NCHW, so a region can be chosen on its own; neighbouring
-NCHWc regions pay a ReorderOutput / ReorderInput pair between them.
+NCHWc regions pay a ReorderOutput / ReorderInput pair between them. ORT blocks an Add only when
+all its inputs are NCHWc, so a residual input from outside the region (``x`` above) is first
+made NCHWc by a 1x1 MaxPool (an identity ORT blocks), which is dropped from ORT's result.
 
 When the choice matters: a session that runs ``NchwcTransformer`` (``ORT_ENABLE_LAYOUT`` or
 ``ORT_ENABLE_ALL`` without it in ``disabled_optimizers``) converts every other eligible region
@@ -28,9 +30,9 @@ disables it (``disabled_optimizers=["NchwcTransformer"]``) or runs at ``ORT_ENAB
 below: the spliced NCHWc nodes are ordinary contrib kernels and run at every level, even
 ``ORT_DISABLE_ALL``.
 
-The reordered weights are blocked for this machine's block size (recorded in the model's
-``autotune.nchwc_block_size`` metadata): a rewritten model must run where it was built, on a CPU
-with the same block size; with another it computes garbage without an error.
+The weights are reordered for this machine's block size (recorded in the model's
+``autotune.nchwc_block_size`` metadata), while the kernels take the block size of the CPU they
+run on: a rewritten model must run on a CPU with the same block size as the one it was built on.
 
 What ONNX Runtime 1.32 converts, found by experiment on an AVX-512 machine (block size 16):
 - Conv with constant 4-D float weights (and a constant bias, if any); any output channel count
@@ -68,12 +70,12 @@ BINARY = ("Add", "Sum", "Mul")
 _STANDARD = ("", "ai.onnx")
 
 
-def _const(value: ir.Value | None) -> np.ndarray | None:
+def _const(value: ir.Value | None) -> ir.TensorProtocol | None:
     """The value's constant, also through Identity nodes (the TorchScript exporter shares equal
-    biases that way)."""
+    biases that way). Not read: its shape and type are all `find` needs."""
     while value is not None:
         if value.const_value is not None:
-            return value.const_value.numpy()
+            return value.const_value
         node = value.producer()
         if node is None or node.op_type != "Identity" or node.domain not in _STANDARD:
             return None
@@ -88,12 +90,15 @@ def _channels(value: ir.Value | None) -> int | None:
     return shape[1]
 
 
-def _float_weights(node: ir.Node) -> np.ndarray | None:
-    """A Conv's weights, if they are a constant 4-D float tensor (ORT's first condition)."""
+def _float_weights(node: ir.Node) -> tuple[int, ...] | None:
+    """The shape of a Conv's weights, if they are a constant 4-D float tensor (ORT's first
+    condition)."""
     if node.op_type != "Conv" or node.domain not in _STANDARD or len(node.inputs) < 2:
         return None
     w = _const(node.inputs[1])
-    return w if w is not None and w.ndim == 4 and w.dtype == np.float32 else None
+    if w is None or len(w.shape) != 4 or w.dtype != ir.DataType.FLOAT:
+        return None
+    return tuple(w.shape)
 
 
 @functools.cache
@@ -125,14 +130,15 @@ def _optimize(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.load(so.optimized_model_filepath)
 
 
-def _conv_problem(node: ir.Node, w: np.ndarray, block: int) -> str | None:
-    """Why ORT leaves this Conv (with constant 4-D float weights) in NCHW; None: it does not."""
+def _conv_problem(node: ir.Node, w: tuple[int, ...], block: int) -> str | None:
+    """Why ORT leaves this Conv (with constant 4-D float weights of shape `w`) in NCHW; None: it
+    does not."""
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         b = _const(node.inputs[2])
-        if b is None or b.dtype != np.float32 or b.ndim != 1:
+        if b is None or b.dtype != ir.DataType.FLOAT or len(b.shape) != 1:
             return "its bias is not a constant 1-D float tensor"
     group = node.attributes.get_int("group", 1)
-    cout, cin = w.shape[:2]  # cin: input channels per group
+    cout, cin = w[:2]  # cin: input channels per group
     if group == 1:
         if cin >= block and cin % ALIGN:
             return (f"{cin} input channels: ORT's NCHWc Conv takes fewer than {block} or a "
@@ -157,13 +163,18 @@ def _pool_problem(node: ir.Node, block: int) -> str | None:
 
 def _candidates(model: ir.Model, block: int) -> set[ir.Node]:
     """The nodes ORT would run in NCHWc if it converted the whole graph: Convs and poolings it
-    accepts, then the elementwise nodes whose inputs all come from those."""
+    accepts, then the nodes after them that can take NCHWc tensors."""
     graph = model.graph
     chosen: set[ir.Node] = set()
     outputs = set(graph.outputs)
 
     def from_chosen(v: ir.Value | None) -> bool:
         return v is not None and v.producer() in chosen
+
+    def blockable(v: ir.Value | None) -> bool:
+        """NCHWc already, or a tensor a region can make NCHWc (see `_submodel`)."""
+        c = _channels(v)
+        return from_chosen(v) or (c is not None and c % block == 0 and _const(v) is None)
 
     for node in graph:
         if node.domain not in _STANDARD or not node.inputs or node.inputs[0] is None:
@@ -185,14 +196,15 @@ def _candidates(model: ir.Model, block: int) -> set[ir.Node]:
                   and all(_const(v) is not None for v in node.inputs[1:] if v is not None))
         elif op in BINARY:
             shapes = {tuple(v.shape) if v.shape is not None else None for v in node.inputs}
-            ok = (all(from_chosen(v) for v in node.inputs) and len(shapes) == 1
-                  and None not in shapes)
+            ok = (any(map(from_chosen, node.inputs)) and all(map(blockable, node.inputs))
+                  and len(shapes) == 1 and None not in shapes)
         elif op == "BatchNormalization":
             ok = (from_chosen(x) and len(node.outputs) == 1
                   and all(_const(v) is not None for v in node.inputs[1:]))
         elif op == "Concat":
             channels = [_channels(v) for v in node.inputs]
-            ok = (node.attributes.get_int("axis", 0) == 1 and all(map(from_chosen, node.inputs))
+            ok = (node.attributes.get_int("axis", 0) == 1 and any(map(from_chosen, node.inputs))
+                  and all(map(blockable, node.inputs))
                   and all(c is not None and c % block == 0 for c in channels))
         else:
             ok = False
@@ -252,7 +264,8 @@ def _regions(model: ir.Model) -> list[list[ir.Node]]:
         for n in nodes:
             if n in seeds:
                 chunks = keyed.setdefault(_module(n.name)[:depth], [[]])
-                if n.op_type == "Conv" and sum(m.op_type == "Conv" for m in chunks[-1]) == MAX_CONVS:
+                full = sum(m.op_type == "Conv" for m in chunks[-1]) == MAX_CONVS
+                if n.op_type == "Conv" and full:
                     chunks.append([])
                 region = chunks[-1]
                 if not region:
@@ -296,14 +309,14 @@ def _boundary(graph: ir.Graph, nodes: list[ir.Node]):
     inside = set(nodes)
     produced = {v for n in nodes for v in n.outputs}
     tensors: dict[ir.Value, None] = {}
-    constants: dict[ir.Value, np.ndarray] = {}
+    constants: dict[ir.Value, ir.TensorProtocol] = {}
     for n in nodes:
         for v in n.inputs:
             if v is None or v in produced or v in tensors or v in constants:
                 continue
-            array = _const(v)
-            if array is not None:
-                constants[v] = array
+            tensor = _const(v)
+            if tensor is not None:
+                constants[v] = tensor
             else:
                 tensors[v] = None
     graph_outputs = set(graph.outputs)
@@ -319,7 +332,7 @@ def _value_info(value: ir.Value) -> onnx.ValueInfoProto:
 
 
 def _submodel(model: ir.Model, nodes: list[ir.Node], tensors: list[ir.Value],
-              constants: dict[ir.Value, np.ndarray], outputs: list[ir.Value],
+              constants: dict[ir.Value, ir.TensorProtocol], outputs: list[ir.Value],
               block: int) -> tuple[onnx.ModelProto, set[str]]:
     """The region as a model of its own; also the names of the seed nodes added to it.
 
@@ -332,7 +345,7 @@ def _submodel(model: ir.Model, nodes: list[ir.Node], tensors: list[ir.Value],
     seeds: list[onnx.NodeProto] = []
     for v in tensors:
         c = _channels(v)
-        joins = [u.node for u in v.uses() if u.node in inside and u.node.op_type in (*BINARY, "Concat")]
+        joins = any(u.node in inside and u.node.op_type in (*BINARY, "Concat") for u in v.uses())
         if not joins or c is None or c % block:
             continue
         seed = f"{v.name}/nchwc_seed"
@@ -340,14 +353,21 @@ def _submodel(model: ir.Model, nodes: list[ir.Node], tensors: list[ir.Value],
                                            kernel_shape=[1, 1]))
         for p in protos:
             p.input[:] = [seed if i == v.name else i for i in p.input]
-    inner = {v for n in nodes for v in n.outputs if v.type is not None}
+    weights = []
+    for v, tensor in constants.items():  # under the name the region reads them by
+        proto = onnx.TensorProto()
+        proto.CopyFrom(ir.serde.serialize_tensor(tensor))  # a copy: it may be the model's own
+        proto.name = v.name
+        weights.append(proto)
+    inner = [v for n in nodes for v in n.outputs if v.type is not None and v not in outputs]
     graph = onnx.helper.make_graph(
         seeds + protos, "nchwc_region", [_value_info(v) for v in tensors],
-        [_value_info(v) for v in outputs],
-        [onnx.numpy_helper.from_array(a, v.name) for v, a in constants.items()],
-        value_info=[_value_info(v) for v in inner - set(outputs)])
+        [_value_info(v) for v in outputs], weights,
+        value_info=[_value_info(v) for v in inner])
     opsets = [onnx.helper.make_opsetid(d, v) for d, v in model.opset_imports.items()]
-    sub = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
+    # Below IR version 4 initializers are inputs a caller may override: ORT would not block
+    # Convs over them.
+    sub = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=max(model.ir_version, 4))
     return sub, {s.output[0] for s in seeds}
 
 
@@ -413,6 +433,7 @@ def _splice(model: ir.Model, nodes: list[ir.Node], optimized: onnx.ModelProto,
         ready = [p for p in pending if all(not i or i in values for i in p.input)]
         if not ready:
             raise ValueError(f"nchwc: ORT's result for {prefix} has a cycle or a dangling input")
+        pending = [p for p in pending if all(p is not r for r in ready)]
         for p in ready:
             node = ir.Node(p.domain, p.op_type, [values[i] if i else None for i in p.input],
                            [ir.serde.deserialize_attribute(a) for a in p.attribute],
@@ -421,7 +442,6 @@ def _splice(model: ir.Model, nodes: list[ir.Node], optimized: onnx.ModelProto,
                 out.name = name if name in boundary else prefix + name
                 values[name] = out
             new_nodes.append(node)
-            pending.remove(p)
     for domain in {n.domain for n in new_nodes} - {""}:
         version = next((o.version for o in optimized.opset_import if o.domain == domain), 1)
         model.opset_imports.setdefault(domain, version)

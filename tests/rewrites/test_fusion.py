@@ -233,3 +233,53 @@ def test_layernorm_rejects_a_computed_epsilon_and_says_why():
     m = model(text, {"gamma": (8,)})
     assert rewrite_all(m, "layernorm")[1] == 0
     assert any("Epsilon" in reason for _, reason in rejected(m, "layernorm"))
+
+
+KEYS_T = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 2, 5, 4] q, float[1, 5, 2, 4] k) => (float[1, 2, 5, 5] y) {
+  kt = Transpose<perm = [0, 2, 3, 1]>(k)
+  y = MatMul(q, kt)
+}
+"""
+
+
+def _feeds(**shapes):
+    rng = np.random.default_rng(7)
+    return {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
+
+
+def test_transpose_matmul_leaves_a_transpose_that_keeps_the_innermost_axis():
+    before = model(KEYS_T, {})
+    after, n = rewrite_all(before, "transpose_matmul")
+    assert n == 1 and ops(after) == ["Transpose", "FusedMatMul"]
+    perm = list(after.graph.node[0].attribute[0].ints)
+    assert perm == [0, 2, 1, 3]
+    assert_lossless(before, after, _feeds(q=(1, 2, 5, 4), k=(1, 5, 2, 4)))
+
+
+def test_transpose_matmul_drops_a_plain_swap_of_the_last_axes():
+    text = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[3, 4] a, float[5, 4] b) => (float[3, 5] y) {
+  bt = Transpose<perm = [1, 0]>(b)
+  y = MatMul(a, bt)
+}
+"""
+    before = model(text, {})
+    after, n = rewrite_all(before, "transpose_matmul")
+    assert n == 1 and ops(after) == ["FusedMatMul"]
+    assert_lossless(before, after, _feeds(a=(3, 4), b=(5, 4)))
+
+
+def test_transpose_matmul_rejects_a_transpose_that_moves_the_innermost_axis_and_says_why():
+    text = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[2, 3, 3] a, float[3, 4, 2] b) => (float[2, 3, 4] y) {
+  bt = Transpose<perm = [2, 0, 1]>(b)
+  y = MatMul(a, bt)
+}
+"""
+    m = model(text, {})
+    assert rewrite_all(m, "transpose_matmul")[1] == 0
+    assert any("innermost axis" in reason for _, reason in rejected(m, "transpose_matmul"))
