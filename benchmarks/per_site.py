@@ -1,12 +1,18 @@
 """Whole-model against per-site tuning, per zoo model, at the same measurement budget.
 
     .venv/bin/python benchmarks/per_site.py [--models resnet50 ...] [--budget 16]
-        [--metric top1|fidelity] [--max-accuracy-drop 0.005]
+        [--max-accuracy-drop 0.005] [--evaluation 64]
 
-For each model: the ORT_ENABLE_ALL baseline; the best whole-model configuration (random search
-over search_spaces/runtime.yaml); the best per-site configuration (greedy over cpu-int8.yaml
-for CNNs, full.yaml otherwise); each as latency ratio to the baseline (timed interleaved with
-it, 95% CI), accuracy, and peak memory. Measures for real: run it alone on the machine.
+For each model, two searches with the same budget of real measurements:
+- whole-model: random search over search_spaces/runtime.yaml (ORT levels, optimizer toggles,
+  threads, memory settings, whole-model static INT8 with its settings);
+- per-site: greedy over a per-site space (cpu-int8.yaml, per-region INT8, for the CNNs;
+  lossless.yaml, fusion / layout / grouping sites only, for the transformer).
+Then ORT_ENABLE_ALL, the best whole-model and the best per-site configuration (the baseline
+where nothing qualified) are timed again together in one interleaved run. Printed per model:
+latency ratio to ORT_ENABLE_ALL with its 95% CI, the accuracy (fidelity output error against
+the FP32 model, the limit being --max-accuracy-drop), the peak memory (measured alone in a fresh
+process during the search) and what the configuration is. Measures for real: run it alone.
 """
 from __future__ import annotations
 
@@ -16,52 +22,59 @@ import time
 from pathlib import Path
 
 from autotune import space, workload, zoo
-from autotune.measure import Cache
+from autotune.measure import Cache, Measurer, Protocol
 from autotune.objective import Objective
+from autotune.plan import Plan
 from autotune.tune import TuneResult, tune
 
+PER_SITE_SPACE = {"transformer_encoder": "lossless"}  # the others: cpu-int8
+FINAL = Protocol(min_runs=60, min_seconds=6.0, max_seconds=60.0)  # the one interleaved run
 
-def _row(label: str, r: TuneResult, metric: str) -> str:
-    base = r.baseline.measurement
-    if r.best is None:
-        return f"  {label:11s} none qualified (baseline {base.latency_ms:.3f} ms)"
-    m = r.best.measurement
-    acc = f"error {m.output_error:.4f}" if metric == "fidelity" else f"top1 {base.accuracy:.4f} -> {m.accuracy:.4f}"
-    return (f"  {label:11s} {m.speedup:.2f}x [{m.speedup_ci[0]:.2f}, {m.speedup_ci[1]:.2f}]  {acc}  "
-            f"peak {m.peak_memory_mb:.1f} MB (baseline {base.peak_memory_mb:.1f})  {r.best.plan.describe()}")
+
+def _best(r: TuneResult) -> tuple[Plan, float | None]:
+    """The best exportable plan and its peak memory, or the baseline's."""
+    t = r.best or r.baseline
+    return t.plan, t.measurement.peak_memory_mb
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(zoo.MODELS))
     p.add_argument("--budget", type=int, default=16)
-    p.add_argument("--metric", choices=["top1", "fidelity"], default="fidelity")
-    p.add_argument("--max-accuracy-drop", type=float, default=0.005)
-    p.add_argument("--evaluation", type=int, default=None,
-                   help="evaluation samples (default: the workload's, all 359 held-out digits)")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.005,
+                   help="the fidelity output error allowed (default 0.005: 0.5%%)")
+    p.add_argument("--evaluation", type=int, default=64,
+                   help="evaluation samples per measurement (default 64)")
     args = p.parse_args()
     objective = Objective(max_accuracy_drop=args.max_accuracy_drop)
-    print(f"budget {args.budget} per search, metric {args.metric}, limit {args.max_accuracy_drop}")
+    print(f"budget {args.budget} real measurements per search; fidelity output error limit "
+          f"{args.max_accuracy_drop}; {args.evaluation} evaluation samples")
     for name in args.models:
         zoo.ensure(name)
     with tempfile.TemporaryDirectory() as tmp:
         cache = Cache(Path(tmp) / "measurements.sqlite")  # every number measured in this run
         for name in args.models:
-            metric = args.metric if zoo.get(name).labeled else "fidelity"
-            spec = {"model": f"zoo:{name}", "metric": metric, "data": {"source": "zoo"}}
-            if args.evaluation:
-                spec["data"]["evaluation"] = args.evaluation
-            w = workload.load(workload=spec)
-            per_site = "cpu-int8" if zoo.get(name).input_kind != "tokens" else "full"
+            w = workload.load(workload={"model": f"zoo:{name}", "metric": "fidelity",
+                                        "data": {"source": "zoo", "evaluation": args.evaluation}})
+            per_site = PER_SITE_SPACE.get(name, "cpu-int8")
             start = time.perf_counter()
             whole = tune(w, space.load("runtime"), strategy="random", budget=args.budget,
                          objective=objective, out=Path(tmp) / name / "whole", cache=cache, quiet=True)
             sites = tune(w, space.load(per_site), strategy="greedy", budget=args.budget,
                          objective=objective, out=Path(tmp) / name / "sites", cache=cache, quiet=True)
-            print(f"{name}  (baseline ORT_ENABLE_ALL {whole.baseline.measurement.latency_ms:.3f} ms, "
-                  f"{time.perf_counter() - start:.0f} s)")
-            print(_row("whole-model", whole, metric))
-            print(_row("per-site", sites, metric), flush=True)
+            rows = [("ORT_ENABLE_ALL", (Plan(), whole.baseline.measurement.peak_memory_mb)),
+                    ("whole-model", _best(whole)), (f"per-site ({per_site})", _best(sites))]
+            final = Measurer(w, FINAL).compare([plan for _, (plan, _) in rows])
+            print(f"\n{name}  (searches and final run: {time.perf_counter() - start:.0f} s; "
+                  f"ORT_ENABLE_ALL {final[0].latency_ms:.2f} ms)")
+            print(f"  {'configuration':22s} {'latency ratio [95% CI]':>24s} {'output error':>13s} "
+                  f"{'peak MB':>8s}  plan")
+            for (label, (plan, peak)), m in zip(rows, final):
+                if not m.ok:
+                    print(f"  {label:22s} failed: {m.reason}")
+                    continue
+                print(f"  {label:22s} {m.speedup:7.3f}x [{m.speedup_ci[0]:.3f}, {m.speedup_ci[1]:.3f}] "
+                      f"{m.output_error:13.5f} {peak:8.1f}  {plan.describe()}", flush=True)
 
 
 if __name__ == "__main__":
