@@ -54,3 +54,13 @@ def registry() -> dict[str, Rewrite]:
 def rename(nodes: list[ir.Node], anchor: str, rule: str) -> None:
     for k, node in enumerate(nodes):
         node.name = f"{anchor}/{rule}" + (f"_{k}" if k else "")
+
+
+def site_nodes(model: ir.Model, site: Match, rule: str) -> list[ir.Node]:
+    """The nodes of a site, in the site's order; a clear error if an earlier rewrite took one."""
+    by_name = {n.name: n for n in model.graph}
+    missing = [n for n in site.nodes if n not in by_name]
+    if missing:
+        raise ValueError(f"{rule} site {site.anchor}: node {missing[0]} is gone (an earlier "
+                         f"rewrite replaced it)")
+    return [by_name[n] for n in site.nodes]

@@ -14,7 +14,7 @@ from collections import defaultdict
 import numpy as np
 import onnx_ir as ir
 
-from autotune.rewrites import Match, Rewrite, rename
+from autotune.rewrites import Match, Rewrite, rename, site_nodes
 
 
 def _const(value: ir.Value | None) -> np.ndarray | None:
@@ -92,13 +92,9 @@ def rejected(model: ir.Model) -> list[tuple[str, str]]:
 
 def apply(model: ir.Model, site: Match, option: str = "apply") -> list[ir.Node]:
     graph = model.graph
-    by_name = {n.name: n for n in graph}
-    missing = [n for n in site.nodes if n not in by_name]
-    if missing:
-        raise ValueError(f"horizontal site {site.anchor}: node {missing[0]} is gone (an earlier "
-                         f"rewrite replaced it)")
-    nodes = [by_name[n] for n in site.nodes if by_name[n].op_type in ("MatMul", "Conv")]
-    adds = [by_name[n] for n in site.nodes if by_name[n].op_type == "Add"]
+    found = site_nodes(model, site, "horizontal")
+    nodes = [n for n in found if n.op_type in ("MatMul", "Conv")]
+    adds = [n for n in found if n.op_type == "Add"]
     x = nodes[0].inputs[0]
     weights = [_const(n.inputs[1]) for n in nodes]
     conv = nodes[0].op_type == "Conv"

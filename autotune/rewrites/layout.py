@@ -58,7 +58,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from autotune.rewrites import Match, Rewrite
+from autotune.rewrites import Match, Rewrite, site_nodes
 
 DOMAIN = "com.microsoft.nchwc"
 ALIGN = 4  # channel alignment ORT pads Conv inputs and depthwise channels from (see above)
@@ -389,15 +389,10 @@ def apply(model: ir.Model, site: Match, option: str = "nchwc") -> list[ir.Node]:
     if option != "nchwc":
         raise ValueError(f"nchwc site {site.anchor}: no option {option!r}")
     graph = model.graph
-    by_name = {n.name: n for n in graph}
-    missing = [n for n in site.nodes if n not in by_name]
-    if missing:
-        raise ValueError(f"nchwc site {site.anchor}: node {missing[0]} is gone (an earlier "
-                         f"rewrite replaced it)")
+    nodes = site_nodes(model, site, "nchwc")
     block = block_size()
     if not block:
         raise ValueError(f"nchwc site {site.anchor}: this ONNX Runtime has no NCHWc kernels")
-    nodes = [by_name[n] for n in site.nodes]
     tensors, constants, outputs = _boundary(graph, nodes)
     if not outputs:
         raise ValueError(f"nchwc site {site.anchor}: nothing outside uses the region")
