@@ -18,7 +18,7 @@ QUANTIZABLE = ("Conv", "MatMul", "Gemm")
 KINDS = ("fusion", "grouping", "layout", "precision")
 # Structural rules in the order a plan applies them: fusions, then grouping, then layout.
 STRUCTURAL = ("conv_bn", "layernorm", "matmul_add", "gemm_act", "gelu", "skip_layernorm",
-              "attention", "conv_add", "conv_act", "transpose_pair", "transpose_matmul",
+              "attention", "silu", "conv_add", "conv_act", "transpose_pair", "transpose_matmul",
               "horizontal", "grouped_conv", "nchwc")
 # rule -> its options; the first keeps the model as it is. A site may offer fewer.
 RULES: dict[str, tuple[str, ...]] = {

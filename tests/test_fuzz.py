@@ -76,3 +76,9 @@ def test_the_same_plan_gives_the_same_bytes(untrained, tmp_path):
     digests = {hashlib.sha256(apply(plan, w.model_path, None, tmp_path / str(i), w.shapes)
                               .model.read_bytes()).hexdigest() for i in range(3)}
     assert len(digests) == 1
+
+
+@pytest.mark.parametrize("name", ["resnet50", "transformer_encoder", "yolo_like"])
+def test_sites_of_all_four_kinds_on_the_zoo_architectures(untrained, name):
+    w = workload.load(str(untrained[name]), shapes=[f"input={'x'.join(map(str, CASES[name]))}"])
+    assert {s.kind for s in sites_of(w)} == {"fusion", "grouping", "layout", "precision"}

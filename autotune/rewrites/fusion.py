@@ -171,6 +171,17 @@ class GemmActivationFusion(pattern.RewriteRuleClassBase):
         return op.FusedGemm(*gemm.inputs, **attrs, _domain="com.microsoft")
 
 
+class SiluFusion(pattern.RewriteRuleClassBase):
+    """Replaces ``Mul(x, Sigmoid(x))`` (SiLU, YOLO's activation) with ORT's
+    ``QuickGelu(x, alpha=1)``, which computes x * sigmoid(alpha * x) in one pass."""
+
+    def pattern(self, op, x):
+        return op.Mul(x, op.Sigmoid(x))
+
+    def rewrite(self, op, x, **_):
+        return op.QuickGelu(x, alpha=1.0, _domain="com.microsoft")
+
+
 class TransposeIntoMatMul(pattern.RewriteRuleClassBase):
     """Replaces ``MatMul(a, Transpose(x, perm))`` with ORT's ``FusedMatMul(a, Transpose(x, perm'),
     transB=1)``, where perm' is perm with its last two axes swapped back: the MatMul reads its
@@ -307,6 +318,8 @@ REWRITES = [
                         "Add + LayerNormalization -> com.microsoft SkipLayerNormalization"),
     _onnxscript_rewrite("conv_act", [ConvActivationFusion.rule(a) for a in ACTIVATIONS],
                         "Conv + activation -> com.microsoft FusedConv"),
+    _onnxscript_rewrite("silu", [SiluFusion.rule()],
+                        "x * Sigmoid(x) -> com.microsoft QuickGelu(alpha=1)"),
     _onnxscript_rewrite("conv_add", [ConvAddFusion.rule(True), ConvAddFusion.rule(False)],
                         "Conv + residual Add (+ Relu) -> com.microsoft FusedConv with a summand"),
     _onnxscript_rewrite("gemm_act", [GemmActivationFusion.rule(a)

@@ -283,3 +283,22 @@ g (float[2, 3, 3] a, float[3, 4, 2] b) => (float[2, 3, 4] y) {
     m = model(text, {})
     assert rewrite_all(m, "transpose_matmul")[1] == 0
     assert any("innermost axis" in reason for _, reason in rejected(m, "transpose_matmul"))
+
+
+SILU = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 8, 6, 6] x) => (float[1, 8, 6, 6] y, float[1, 8, 6, 6] z) <float[8, 8, 1, 1] w2> {
+  c = Conv(x, w2)
+  s = Sigmoid(c)
+  y = Mul(c, s)
+  t = Sigmoid(x)
+  z = Mul(t, y)
+}
+"""
+
+
+def test_silu_becomes_quick_gelu_and_a_gate_of_another_tensor_does_not():
+    before = model(SILU, {"w2": (8, 8, 1, 1)})
+    after, n = rewrite_all(before, "silu")
+    assert n == 1 and ops(after) == ["Conv", "QuickGelu", "Sigmoid", "Mul"]
+    assert_lossless(before, after, X4)
