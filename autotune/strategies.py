@@ -92,7 +92,8 @@ class Greedy(Strategy):
     lossless ones first, and a binary search for the longest prefix of that order that stays
     within the accuracy limit and is faster than the best so far; then the remaining sites one
     by one on top of it, while budget lasts. Assumes accuracy costs roughly add up, as INT8
-    errors do.
+    errors do. The space's start points (whole-model INT8 with various quantizer settings) also
+    choose the settings of per-site INT8: those of the most accurate start point.
     """
 
     name = "greedy"
@@ -111,9 +112,15 @@ class Greedy(Strategy):
         self.rest: list[tuple[str, str]] = []
         self.best_score = 1.0
         self.pending: tuple[str, ...] = ()
+        self.starts = {self.space.plan(p).digest(): p for p in space.start}
+        self.quantizer: dict | None = None  # the settings of the most accurate start point
+        self.quantizer_drop = float("inf")
 
     def _plan(self, chosen: list[tuple[str, str]]) -> Plan:
-        return self.space.plan(dict(chosen))
+        assignment = dict(chosen)
+        if self.quantizer and "int8" in assignment.values():
+            assignment.update(self.quantizer)
+        return self.space.plan(assignment)
 
     def _ask(self) -> Plan | None:
         while self.singles:
@@ -158,7 +165,14 @@ class Greedy(Strategy):
         fits, value = self._fits(measurement)
         if fits:
             self.best_score = value
-        if not self.pending:  # a start point: it only raises the bar
+        if not self.pending:  # a start point: it raises the bar and may set the quantizer
+            start = self.starts.get(plan.digest())
+            drop = (self.objective.accuracy_drop(measurement, self.baseline)
+                    if measurement.ok and self.objective is not None else None)
+            if start and plan.quantization is not None and drop is not None \
+                    and drop < self.quantizer_drop:
+                self.quantizer = {k: v for k, v in start.items() if k.startswith("quantization")}
+                self.quantizer_drop = drop
             return
         kind, what = self.pending
         self.pending = ()

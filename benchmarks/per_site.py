@@ -10,7 +10,7 @@ For each model, two searches with the same budget of real measurements:
   lossless.yaml, fusion / layout / grouping sites only, for the transformer).
 Then ORT_ENABLE_ALL, the best whole-model and the best per-site configuration (the baseline
 where nothing qualified) are timed again together in one interleaved run. Printed per model:
-latency ratio to ORT_ENABLE_ALL with its 95% CI, the accuracy (fidelity output error against
+the speedup over ORT_ENABLE_ALL (its median latency / the configuration's) with its 95% CI, the accuracy (fidelity output error against
 the FP32 model, the limit being --max-accuracy-drop), the peak memory (measured alone in a fresh
 process during the search) and what the configuration is. Measures for real: run it alone.
 """
@@ -31,10 +31,11 @@ PER_SITE_SPACE = {"transformer_encoder": "lossless"}  # the others: cpu-int8
 FINAL = Protocol(min_runs=60, min_seconds=6.0, max_seconds=60.0)  # the one interleaved run
 
 
-def _best(r: TuneResult) -> tuple[Plan, float | None]:
-    """The best exportable plan and its peak memory, or the baseline's."""
+def _best(r: TuneResult) -> tuple[Plan, float | None, str]:
+    """The best exportable plan, its peak memory and what it is; the baseline's if none."""
     t = r.best or r.baseline
-    return t.plan, t.measurement.peak_memory_mb
+    what = t.plan.describe() if r.best else "nothing qualified: the baseline configuration"
+    return t.plan, t.measurement.peak_memory_mb, what
 
 
 def main() -> None:
@@ -62,19 +63,20 @@ def main() -> None:
                          objective=objective, out=Path(tmp) / name / "whole", cache=cache, quiet=True)
             sites = tune(w, space.load(per_site), strategy="greedy", budget=args.budget,
                          objective=objective, out=Path(tmp) / name / "sites", cache=cache, quiet=True)
-            rows = [("ORT_ENABLE_ALL", (Plan(), whole.baseline.measurement.peak_memory_mb)),
+            rows = [("ORT_ENABLE_ALL", (Plan(), whole.baseline.measurement.peak_memory_mb,
+                                        "the model as given")),
                     ("whole-model", _best(whole)), (f"per-site ({per_site})", _best(sites))]
-            final = Measurer(w, FINAL).compare([plan for _, (plan, _) in rows])
+            final = Measurer(w, FINAL).compare([plan for _, (plan, _, _) in rows])
             print(f"\n{name}  (searches and final run: {time.perf_counter() - start:.0f} s; "
                   f"ORT_ENABLE_ALL {final[0].latency_ms:.2f} ms)")
-            print(f"  {'configuration':22s} {'latency ratio [95% CI]':>24s} {'output error':>13s} "
+            print(f"  {'configuration':22s} {'speedup [95% CI]':>24s} {'output error':>13s} "
                   f"{'peak MB':>8s}  plan")
-            for (label, (plan, peak)), m in zip(rows, final):
+            for (label, (plan, peak, what)), m in zip(rows, final):
                 if not m.ok:
                     print(f"  {label:22s} failed: {m.reason}")
                     continue
                 print(f"  {label:22s} {m.speedup:7.3f}x [{m.speedup_ci[0]:.3f}, {m.speedup_ci[1]:.3f}] "
-                      f"{m.output_error:13.5f} {peak:8.1f}  {plan.describe()}", flush=True)
+                      f"{m.output_error:13.5f} {peak:8.1f}  {what}", flush=True)
 
 
 if __name__ == "__main__":

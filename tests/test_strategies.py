@@ -90,3 +90,28 @@ def test_greedy_does_not_spend_measurements_on_the_accuracy_of_lossless_sites(w,
     # the first plan after the singles takes the lossless sites (cost 0) before any INT8 one
     first = result.trials[len(singles)].plan
     assert {sid for sid, _ in first.sites} >= {s.id for s in lossless}
+
+
+class QuantizerFake(SiteFake):
+    """Whole-model INT8 costs 5 points with minmax calibration and 2 with percentile."""
+
+    def measure(self, plan: Plan) -> Measurement:
+        m = super().measure(plan)
+        if plan.quantization is None or plan.int8_sites:
+            return m
+        acc = 0.90 if plan.quantization.calibration == "minmax" else 0.93
+        return Measurement("ok", latency_ms=3.0, baseline_ms=10.0, speedup=3.3,
+                           speedup_ci=(3.2, 3.4), runs=20, peak_memory_mb=10.0, model_size_mb=1.0,
+                           accuracy=acc, metric="top1", cached=m.cached)
+
+
+def test_greedy_quantizes_sites_with_the_settings_of_the_most_accurate_start_point(w, tmp_path):
+    starts = ({"quantization": "static"},
+              {"quantization": "static", "quantization.calibration": "percentile"})
+    space = SearchSpace("sites", "", SPACE.choices + (
+        Choice("quantization", ("none", "static")),
+        Choice("quantization.calibration", ("minmax", "percentile"))), start=starts)
+    result = tune(w, space, strategy="greedy", budget=6, out=tmp_path / "g", quiet=True,
+                  measurer=QuantizerFake(w), objective=Objective(max_accuracy_drop=0.01))
+    per_site = [t.plan for t in result.trials if t.plan.int8_sites]
+    assert per_site and all(p.quantization.calibration == "percentile" for p in per_site)
