@@ -84,16 +84,21 @@ class RandomSearch(Strategy):
 
 
 class Greedy(Strategy):
-    """Per-site search for the most INT8 within the accuracy limit.
+    """Per-site search: lossless rewrites rule by rule, then the most INT8 within the limit.
 
-    After the space's start points: each lossy site alone with its first non-keep option
-    ("singles"), which measures what it costs in accuracy (a lossless site costs nothing: its
-    rewrite is tested to keep the outputs); then the sites ordered from cheapest to dearest,
-    lossless ones first, and a binary search for the longest prefix of that order that stays
-    within the accuracy limit and is faster than the best so far; then the remaining sites one
-    by one on top of it, while budget lasts. Assumes accuracy costs roughly add up, as INT8
-    errors do. The space's start points (whole-model INT8 with various quantizer settings) also
-    choose the settings of per-site INT8: those of the most accurate start point.
+    After the space's start points:
+    1. each rule of lossless sites (fusion, layout, horizontal grouping) at all its sites at
+       once, on top of the rules kept so far; a rule is kept if that is faster than the best so
+       far (its accuracy needs no measuring: its rewrites are tested to keep the outputs);
+    2. each lossy site alone with its first non-keep option ("singles"), which measures what it
+       costs in accuracy;
+    3. the lossy sites from cheapest to dearest, and a binary search for the longest prefix of
+       that order that, on top of the kept rules, stays within the accuracy limit and is faster
+       than the best so far;
+    4. the remaining lossy sites one by one on top of that, while budget lasts.
+    Assumes accuracy costs roughly add up, as INT8 errors do. The start points (whole-model INT8
+    with various quantizer settings) also choose the settings of per-site INT8: those of the
+    most accurate start point.
     """
 
     name = "greedy"
@@ -101,17 +106,22 @@ class Greedy(Strategy):
     def __init__(self, space: SearchSpace, seed: int = 0) -> None:
         super().__init__(space, seed)
         self.seen.add(Plan().digest())
-        self.sites = [(c.key, c.options[1]) for c in space.site_choices]
-        lossless = {f"site:{site.id}" for site in space.sites if not site.lossy}
-        self.singles = [s for s in self.sites if s[0] not in lossless]
-        self.cost: dict[str, float] = {key: 0.0 for key in lossless}
+        sites = [(c.key, c.options[1]) for c in space.site_choices]
+        lossless = {f"site:{site.id}": site.rule for site in space.sites if not site.lossy}
+        self.rules: list[list[tuple[str, str]]] = []
+        for rule in dict.fromkeys(lossless.values()):
+            self.rules.append([s for s in sites if lossless.get(s[0]) == rule])
+        self.lossy = [s for s in sites if s[0] not in lossless]
+        self.singles = list(self.lossy)
+        self.base: list[tuple[str, str]] = []  # lossless sites kept
+        self.cost: dict[str, float] = {}
         self.gain: dict[str, float] = {}
         self.order: list[tuple[str, str]] | None = None
         self.lo, self.hi = 0, 0  # binary search over prefix lengths: lo fits, hi+1 does not
         self.kept: list[tuple[str, str]] = []
-        self.rest: list[tuple[str, str]] = []
+        self.rest: list[tuple[str, str]] | None = None
         self.best_score = 1.0
-        self.pending: tuple[str, ...] = ()
+        self.pending: tuple = ()
         self.starts = {self.space.plan(p).digest(): p for p in space.start}
         self.quantizer: dict | None = None  # the settings of the most accurate start point
         self.quantizer_drop = float("inf")
@@ -123,6 +133,12 @@ class Greedy(Strategy):
         return self.space.plan(assignment)
 
     def _ask(self) -> Plan | None:
+        while self.rules:
+            group = self.rules.pop(0)
+            self.pending = ("rule", group)
+            plan = self._plan(self.base + group)
+            if self._fresh(plan):
+                return plan
         while self.singles:
             key, option = self.singles.pop(0)
             self.pending = ("single", key)
@@ -130,21 +146,20 @@ class Greedy(Strategy):
             if self._fresh(plan):
                 return plan
         if self.order is None:
-            limit = self.objective
-            self.order = sorted(self.sites, key=lambda s: (self.cost.get(s[0], float("inf")),
-                                                           -self.gain.get(s[0], 0.0)))
-            self.order = [s for s in self.order if self.cost.get(s[0], float("inf")) <= (
-                limit.max_accuracy_drop if limit else float("inf"))]
+            limit = self.objective.max_accuracy_drop if self.objective else float("inf")
+            order = sorted(self.lossy, key=lambda s: (self.cost.get(s[0], float("inf")),
+                                                      -self.gain.get(s[0], 0.0)))
+            self.order = [s for s in order if self.cost.get(s[0], float("inf")) <= limit]
             self.lo, self.hi = 0, len(self.order)
         while self.lo < self.hi:
             mid = (self.lo + self.hi + 1) // 2
             self.pending = ("prefix", mid)
-            plan = self._plan(self.order[:mid])
+            plan = self._plan(self.base + self.order[:mid])
             if self._fresh(plan):
                 return plan
             self.lo = mid  # measured before: treat as fitting
-        if not self.kept and not self.rest:
-            self.kept = self.order[:self.lo]
+        if self.rest is None:
+            self.kept = self.base + self.order[:self.lo]
             self.rest = self.order[self.lo:]
         while self.rest:
             site = self.rest.pop(0)
@@ -166,17 +181,13 @@ class Greedy(Strategy):
         if fits:
             self.best_score = value
         if not self.pending:  # a start point: it raises the bar and may set the quantizer
-            start = self.starts.get(plan.digest())
-            drop = (self.objective.accuracy_drop(measurement, self.baseline)
-                    if measurement.ok and self.objective is not None else None)
-            if start and plan.quantization is not None and drop is not None \
-                    and drop < self.quantizer_drop:
-                self.quantizer = {k: v for k, v in start.items() if k.startswith("quantization")}
-                self.quantizer_drop = drop
+            self._tell_start(plan, measurement)
             return
         kind, what = self.pending
         self.pending = ()
-        if kind == "single":
+        if kind == "rule" and fits:
+            self.base += what
+        elif kind == "single":
             drop = (self.objective.accuracy_drop(measurement, self.baseline)
                     if measurement.ok and self.objective is not None else None)
             self.cost[what] = float("inf") if drop is None else max(drop, 0.0)
@@ -189,8 +200,18 @@ class Greedy(Strategy):
         elif kind == "add" and fits:
             self.kept.append(what)
 
+    def _tell_start(self, plan: Plan, measurement: Measurement) -> None:
+        start = self.starts.get(plan.digest())
+        if start is None or plan.quantization is None or not measurement.ok or self.objective is None:
+            return
+        drop = self.objective.accuracy_drop(measurement, self.baseline)
+        if drop is not None and drop < self.quantizer_drop:
+            self.quantizer = {k: v for k, v in start.items() if k.startswith("quantization")}
+            self.quantizer_drop = drop
+
     def settings(self) -> dict:
-        return {**super().settings(), "sites": len(self.sites)}
+        return {**super().settings(), "lossless_rules": len(self.rules),
+                "lossy_sites": len(self.lossy)}
 
 
 class TPE(Strategy):

@@ -76,7 +76,7 @@ def test_every_strategy_respects_budget_and_limit_and_never_repeats(w, tmp_path,
         assert 0.95 - result.best.measurement.accuracy <= 0.003 + 1e-9
 
 
-def test_greedy_does_not_spend_measurements_on_the_accuracy_of_lossless_sites(w, tmp_path):
+def test_greedy_tries_lossless_sites_rule_by_rule_and_measures_only_lossy_ones_alone(w, tmp_path):
     from autotune.sites import Site
 
     lossless = [Site(f"gelu:g{i}", "fusion", "gelu", ("keep", "apply"), False, (f"g{i}",))
@@ -85,11 +85,10 @@ def test_greedy_does_not_spend_measurements_on_the_accuracy_of_lossless_sites(w,
         Choice(f"site:{s.id}", s.options) for s in lossless), sites=tuple(lossless))
     result = tune(w, space, strategy="greedy", budget=N_SITES + 2, out=tmp_path / "g", quiet=True,
                   measurer=SiteFake(w), objective=Objective(max_accuracy_drop=0.01))
-    singles = [t for t in result.trials if len(t.plan.sites) == 1]
-    assert all(sid.startswith("int8_node:") for t in singles for sid, _ in t.plan.sites)
-    # the first plan after the singles takes the lossless sites (cost 0) before any INT8 one
-    first = result.trials[len(singles)].plan
-    assert {sid for sid, _ in first.sites} >= {s.id for s in lossless}
+    first, *rest = [t.plan for t in result.trials]
+    assert {sid for sid, _ in first.sites} == {s.id for s in lossless}  # the rule at once
+    singles = [p for p in rest if len(p.sites) == 1]
+    assert len(singles) == N_SITES and all(p.int8_sites for p in singles)
 
 
 class QuantizerFake(SiteFake):
