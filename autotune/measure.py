@@ -24,7 +24,7 @@ from autotune.plan import Candidate, Plan, session_settings
 from autotune.workload import Workload
 
 # Bump when the worker's way of measuring changes, so old cached numbers are not reused.
-MEASURE_VERSION = 1
+MEASURE_VERSION = 2
 # The code that builds and measures candidates: any change to it is a new cache key, so a
 # cached number always comes from the candidate the current code would build.
 _BUILD_CODE = ("plan.py", "quantize.py", "sites.py", "worker.py", "runtime.py", "rewrites")
@@ -44,8 +44,13 @@ class Protocol:
     """How a candidate is timed. Part of the cache key."""
 
     warmup_runs: int = 5
-    min_runs: int = 20  # interleaved pairs (candidate, baseline)
+    min_runs: int = 20  # interleaved rounds (candidate, baseline)
     max_runs: int = 400
+    # A session runs this long per visit (several runs, the first not kept) when one run is
+    # shorter: so that small models are timed with warm caches, as a serving loop runs them,
+    # not just after the other session evicted them.
+    visit_seconds: float = 0.02
+    max_visit_runs: int = 16
     min_seconds: float = 2.0
     max_seconds: float = 30.0
     build_timeout: float = 900.0

@@ -75,9 +75,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         base = create_session(spec["baseline"], spec["baseline_settings"], NO_SPIN)
         base.run(None, feed)
         stage = "run"
-        for _ in range(protocol["warmup_runs"]):
-            cand.run(None, feed)
-            base.run(None, feed)
         c_times, b_times = _interleave([cand, base], feed, protocol)
         stage = "accuracy"
         accuracy, error = _accuracy(cand, base, evaluation, labels, spec["metric"])
@@ -99,17 +96,31 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _interleave(sessions, feed, protocol) -> list[np.ndarray]:
     """Times the sessions in turn, forwards then backwards (ABBA for two, ABCCBA for three),
-    until the protocol is satisfied, so drift over the run hits each of them alike."""
-    times: list[list[float]] = [[] for _ in sessions]
+    until the protocol is satisfied, so drift over the run hits each of them alike.
+
+    After warm-up, each visit to a session is one run, or, for a model faster than
+    `visit_seconds`, a few runs of which the first (the one that pays for the caches the other
+    sessions took) is not kept. Sample i of every session comes from the same round."""
     clock = time.perf_counter
+    slowest = 0.0
+    for _ in range(protocol["warmup_runs"]):
+        for session in sessions:
+            t0 = clock()
+            session.run(None, feed)
+            slowest = max(slowest, clock() - t0)
+    per_visit = int(max(1, min(protocol["max_visit_runs"], protocol["visit_seconds"] // max(slowest, 1e-6))))
+    skip = 1 if per_visit > 1 else 0
+    times: list[list[float]] = [[] for _ in sessions]
     start = clock()
     i = 0
     while True:
         order = range(len(sessions)) if i % 2 == 0 else range(len(sessions) - 1, -1, -1)
         for k in order:
-            t0 = clock()
-            sessions[k].run(None, feed)
-            times[k].append((clock() - t0) * 1000)
+            for j in range(skip + per_visit):
+                t0 = clock()
+                sessions[k].run(None, feed)
+                if j >= skip:
+                    times[k].append((clock() - t0) * 1000)
         i += 1
         elapsed = clock() - start
         if i >= protocol["max_runs"] or elapsed >= protocol["max_seconds"]:
@@ -165,9 +176,6 @@ def compare(spec: dict[str, Any]) -> dict[str, Any]:
         for c in spec["candidates"]:
             sessions.append(create_session(c["model"], c["settings"], NO_SPIN))
             sessions[-1].run(None, feed)
-        for _ in range(spec["protocol"]["warmup_runs"]):
-            for session in sessions:
-                session.run(None, feed)
         times = _interleave(sessions, feed, spec["protocol"])
         scores = [_accuracy(s, sessions[0], evaluation, labels, spec["metric"]) for s in sessions]
     except Exception as exc:
