@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     _workload_args(t)
     t.add_argument("--search-space", default="runtime", help="a name in search_spaces/ or a YAML "
                    "path (default: runtime)")
-    t.add_argument("--strategy", default="random", help="random, tpe or greedy (default: random)")
+    t.add_argument("--strategy", default="random",
+                   help="random, tpe, cmaes, gp, qmc, nsga2 (Optuna's samplers), greedy (per-site) "
+                        "or presets (ORT's levels, whole-model INT8) (default: random)")
     t.add_argument("--budget", type=int, default=12,
                    help="real measurements beyond the baseline; cache hits are free (default: 12)")
     t.add_argument("--max-accuracy-drop", type=float, default=0.01,

@@ -46,10 +46,16 @@ class RuntimeChoices:
                 raise UsageError(f"plan: {name} must be an integer >= 0, got {getattr(self, name)!r}")
 
 
+QUANT_MODES = ("static", "dynamic")
+
+
 @dataclass(frozen=True)
 class Quantization:
-    """Whole-model static INT8 in QDQ format, through onnxruntime.quantization."""
+    """INT8 through onnxruntime.quantization: static in QDQ format (calibrated on the
+    workload's calibration data), or dynamic (weights ahead of time, activations at run time;
+    calibration and activation type do not apply)."""
 
+    mode: str = "static"
     per_channel: bool = True
     calibration: str = "minmax"
     activation_type: str = "uint8"
@@ -57,9 +63,13 @@ class Quantization:
     reduce_range: bool = False
 
     def __post_init__(self) -> None:
+        _one_of("quantization mode", self.mode, QUANT_MODES)
         _one_of("calibration", self.calibration, CALIBRATIONS)
         _one_of("activation_type", self.activation_type, QUANT_TYPES)
         _one_of("weight_type", self.weight_type, QUANT_TYPES)
+        if self.mode == "dynamic":  # nothing calibrated; ORT picks the activation type: one plan
+            object.__setattr__(self, "calibration", "minmax")
+            object.__setattr__(self, "activation_type", "uint8")
         if self.activation_type == "int8" and self.weight_type == "uint8":
             raise InvalidPlan("plan: int8 activations with uint8 weights is a combination ORT's "
                               "quantizer does not support")
@@ -148,7 +158,11 @@ class Plan:
             parts.append(f"dynamic INT8 at {len(self.dynamic_sites)} site(s)")
         if self.fp16_sites:
             parts.append(f"FP16 at {len(self.fp16_sites)} region(s)")
-        if self.quantization and not self.int8_sites:
+        if self.quantization and self.quantization.mode == "dynamic":
+            q = self.quantization
+            parts.append(f"INT8 dynamic {'per-channel' if q.per_channel else 'per-tensor'} "
+                         f"(w {q.weight_type}{', reduce_range' if q.reduce_range else ''})")
+        elif self.quantization and not self.int8_sites:
             q = self.quantization
             parts.append(f"INT8 static {'per-channel' if q.per_channel else 'per-tensor'} "
                          f"{q.calibration} (act {q.activation_type}, w {q.weight_type}"
@@ -215,10 +229,17 @@ def apply(plan: Plan, model_path: Path, data_file: Path | None, out_dir: Path,
 
         shutil.copyfile(model_path, target)
     else:
-        from autotune.quantize import quantize_static
-
-        note = quantize_static(model_path, target, plan.quantization, data_file, out_dir)
+        note = _quantize_whole(plan.quantization, model_path, target, data_file, out_dir)
     return Candidate(target, session_settings(plan.runtime), note)
+
+
+def _quantize_whole(q: Quantization, model_path: Path, target: Path, data_file: Path | None,
+                    work: Path) -> str:
+    from autotune.quantize import quantize_dynamic, quantize_static
+
+    if q.mode == "dynamic":
+        return quantize_dynamic(model_path, target, q)
+    return quantize_static(model_path, target, q, data_file, work)
 
 
 def _apply_sites(plan: Plan, model_path: Path, data_file: Path | None, out_dir: Path,
@@ -266,7 +287,7 @@ def _apply_sites(plan: Plan, model_path: Path, data_file: Path | None, out_dir: 
     if fp16:
         model = _float16(model, set(fp16))
         notes.append(f"FP16 at {len(fp16)} node(s)")
-    from autotune.quantize import quantize_dynamic_nodes, quantize_nodes, quantize_static
+    from autotune.quantize import quantize_dynamic_nodes, quantize_nodes
 
     current = out_dir / "named.onnx"
     onnx.save(model, str(current))
@@ -278,9 +299,9 @@ def _apply_sites(plan: Plan, model_path: Path, data_file: Path | None, out_dir: 
         notes.append(quantize_dynamic_nodes(current, out_dir / "dynamic.onnx", dynamic))
         current = out_dir / "dynamic.onnx"
     if plan.quantization is not None and not (fp16 or static or dynamic):  # whole-model INT8
-        notes.append(quantize_static(current, out_dir / "static.onnx", plan.quantization,
+        notes.append(_quantize_whole(plan.quantization, current, out_dir / "whole.onnx",
                                      data_file, out_dir))
-        current = out_dir / "static.onnx"
+        current = out_dir / "whole.onnx"
     current.replace(out_dir / "model.onnx")
     return "; ".join(notes) or None
 
