@@ -243,10 +243,23 @@ class OptunaStrategy(Strategy):
         with warnings.catch_warnings():  # QMC and CMA-ES with margin are "experimental"
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = getattr(optuna.samplers, self.sampler_class)(seed=seed, **self.options())
-        self.study = optuna.create_study(direction="maximize", sampler=sampler)
-        self.values: dict[str, float] = {Plan().digest(): 0.0}
+        self.sampler = sampler
+        self.study = None  # made in setup, when the objective is known: one value or three
+        self.values: dict[str, float | tuple[float, ...]] = {}
         self.seen.add(Plan().digest())
         self._trial = None
+
+    def setup(self, baseline: Measurement, objective: Objective) -> None:
+        import optuna
+
+        super().setup(baseline, objective)
+        if objective.target == "pareto":  # speedup, memory reduction, accuracy drop
+            self.study = optuna.create_study(directions=["maximize", "maximize", "minimize"],
+                                             sampler=self.sampler)
+            self.values[Plan().digest()] = (1.0, 1.0, 0.0)
+        else:
+            self.study = optuna.create_study(direction="maximize", sampler=self.sampler)
+            self.values[Plan().digest()] = 0.0
 
     def options(self) -> dict:
         """The sampler's options other than the seed, chosen for budgets of tens of trials."""
@@ -279,17 +292,32 @@ class OptunaStrategy(Strategy):
         return None
 
     def _tell(self, plan: Plan, measurement: Measurement, score: float | None) -> None:
+        import optuna
+
+        value = self._value(measurement, score)
+        if value is not None:
+            self.values[plan.digest()] = value
+        if self._trial is not None:
+            if value is None:
+                self.study.tell(self._trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                self.study.tell(self._trial, value)
+            self._trial = None
+
+    def _value(self, m: Measurement, score: float | None) -> float | tuple[float, ...] | None:
+        """What Optuna is told; None: the trial failed (a multi-objective study has no number
+        worse than every other for it)."""
         import math
 
-        value = -2.0  # failed
-        if measurement.ok and self.objective is not None and score:
-            drop = self.objective.accuracy_drop(measurement, self.baseline)
-            over = (drop or 0.0) - self.objective.max_accuracy_drop
-            value = math.log(score) if over <= 1e-9 else -1.0 - over
-        self.values[plan.digest()] = value
-        if self._trial is not None:
-            self.study.tell(self._trial, value)
-            self._trial = None
+        drop = self.objective.accuracy_drop(m, self.baseline) if m.ok else None
+        if self.objective.target == "pareto":
+            if drop is None or not m.peak_memory_mb or not self.baseline.peak_memory_mb:
+                return None
+            return m.speedup, self.baseline.peak_memory_mb / m.peak_memory_mb, drop
+        if not score:
+            return -2.0  # failed
+        over = (drop or 0.0) - self.objective.max_accuracy_drop
+        return math.log(score) if over <= 1e-9 else -1.0 - over
 
     def settings(self) -> dict:
         import optuna
