@@ -29,12 +29,16 @@ def _parser() -> argparse.ArgumentParser:
     _workload_args(t)
     t.add_argument("--search-space", default="runtime", help="a name in search_spaces/ or a YAML "
                    "path (default: runtime)")
-    t.add_argument("--strategy", default="random", help="random, tpe or greedy (default: random)")
+    t.add_argument("--strategy", default="random",
+                   help="random, tpe, cmaes, gp, qmc, nsga2 (Optuna's samplers), greedy (per-site) "
+                        "or presets (ORT's levels, whole-model INT8) (default: random)")
     t.add_argument("--budget", type=int, default=12,
                    help="real measurements beyond the baseline; cache hits are free (default: 12)")
     t.add_argument("--max-accuracy-drop", type=float, default=0.01,
                    help="top-1 loss (fraction) or fidelity output error allowed (default: 0.01)")
-    t.add_argument("--objective", default="latency", choices=["latency", "memory"])
+    t.add_argument("--objective", default="latency", choices=["latency", "memory", "pareto"],
+                   help="what to improve; pareto: speedup, peak memory and accuracy together "
+                        "(the run keeps their Pareto front) (default: latency)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True, type=Path, metavar="RUN_DIR")
     t.add_argument("--timeout", type=float, default=900,
@@ -47,6 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     _workload_args(st)
     st.add_argument("--search-space", default=None, help="only the site rules this space enables")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+
+    e = sub.add_parser("export", help="write a tuned-model directory for one trial of a run",
+                       description="Rebuilds a point of the run's Pareto front (or any trial) "
+                                   "from the original model and writes its tuned-model directory.")
+    e.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    e.add_argument("--pick", default=None, help="fastest, smallest, most-accurate (points of "
+                   "the front within the accuracy limit) or a trial number (default: as the "
+                   "run's objective: fastest, or smallest for --objective memory)")
+    e.add_argument("--out", type=Path, default=None,
+                   help="where to write it (default: RUN_DIR/pick-<PICK>)")
 
     v = sub.add_parser("verify", help="re-measure a tuned-model directory against the baseline")
     v.add_argument("directory", type=Path)
@@ -154,6 +168,29 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+def _export(args) -> int:
+    from autotune import export, pareto
+    from autotune import workload as workloads
+    from autotune.measure import Measurer
+    from autotune.objective import Objective
+    from autotune.store import RunStore
+
+    store = RunStore(args.run_dir)
+    if not (args.run_dir / "run.json").is_file() or not (args.run_dir / "trials.jsonl").is_file():
+        raise AutotuneError(f"{args.run_dir} is not a run directory (no run.json and "
+                            f"trials.jsonl); give the --out directory of `autotune tune`")
+    info = store.run_info()
+    objective = Objective(**info["objective"])
+    baseline, *trials = store.trials()
+    which = args.pick or ("smallest" if objective.target == "memory" else "fastest")
+    chosen = pareto.pick(trials, baseline, which, objective)
+    w = workloads.from_spec(info["workload"])
+    dest = args.out or args.run_dir / f"pick-{which}"
+    export.write(dest, w, Measurer(w), baseline, chosen if chosen.number else None, objective)
+    print(f"trial {chosen.number}: {chosen.plan.describe()}\n  {dest}")
+    return 0
+
+
 def _verify(args) -> int:
     from autotune import export
     from autotune import workload as workloads
@@ -167,7 +204,7 @@ def _verify(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"zoo": _zoo, "tune": _tune, "sites": _sites,
+        return {"zoo": _zoo, "tune": _tune, "sites": _sites, "export": _export,
                 "verify": _verify}[args.command](args)
     except AutotuneError as exc:
         print(f"autotune: error: {exc}", file=sys.stderr)

@@ -58,7 +58,7 @@ def write(dest: Path, workload: "Workload", measurer: Measurer, baseline: "Trial
     m = chosen.measurement
     report = {
         "tuned": best is not None,
-        "message": (f"{m.speedup:.2f}x faster than ORT_ENABLE_ALL (95% CI {m.speedup_ci[0]:.2f}-"
+        "message": (f"{m.speedup:.2f}x the speed of ORT_ENABLE_ALL (95% CI {m.speedup_ci[0]:.2f}-"
                     f"{m.speedup_ci[1]:.2f}); {best.verdict}" if best is not None else
                     "no candidate beat ORT_ENABLE_ALL within the accuracy limit: this is the "
                     "baseline configuration"),
@@ -155,7 +155,16 @@ def verify(directory: Path, workload: "Workload | None" = None,
     what = "output error" if m.metric == "fidelity" else "accuracy loss"
     if drop > limit + 1e-9:
         return False, f"failed: {what} {drop:.4f} exceeds the limit {limit}; {speed}"
-    if report["tuned"] and lo <= 1.0:
+    target = report["objective"]["target"]
+    if report["tuned"] and target != "memory" and lo <= 1.0:
         return False, f"failed: no longer faster than ORT_ENABLE_ALL: {speed}; {what} {drop:.4f}"
+    if report["tuned"] and target == "memory":
+        base_peak = report["baseline"]["peak_memory_mb"]
+        if hi < 1.0:
+            return False, f"failed: slower than ORT_ENABLE_ALL: {speed}; {what} {drop:.4f}"
+        if not m.peak_memory_mb or not base_peak or m.peak_memory_mb >= base_peak:
+            return False, (f"failed: peak memory {m.peak_memory_mb:.1f} MB is not below the "
+                           f"baseline's {base_peak:.1f} MB")
+        speed += f", peak memory {m.peak_memory_mb:.1f} MB (baseline {base_peak:.1f} MB)"
     kind = "" if report["tuned"] else " (the baseline configuration)"
     return True, f"passed{kind}: {speed}, {what} {drop:.4f}"

@@ -46,10 +46,16 @@ class RuntimeChoices:
                 raise UsageError(f"plan: {name} must be an integer >= 0, got {getattr(self, name)!r}")
 
 
+QUANT_MODES = ("static", "dynamic")
+
+
 @dataclass(frozen=True)
 class Quantization:
-    """Whole-model static INT8 in QDQ format, through onnxruntime.quantization."""
+    """INT8 through onnxruntime.quantization: static in QDQ format (calibrated on the
+    workload's calibration data), or dynamic (weights ahead of time, activations at run time;
+    calibration and activation type do not apply)."""
 
+    mode: str = "static"
     per_channel: bool = True
     calibration: str = "minmax"
     activation_type: str = "uint8"
@@ -57,9 +63,13 @@ class Quantization:
     reduce_range: bool = False
 
     def __post_init__(self) -> None:
+        _one_of("quantization mode", self.mode, QUANT_MODES)
         _one_of("calibration", self.calibration, CALIBRATIONS)
         _one_of("activation_type", self.activation_type, QUANT_TYPES)
         _one_of("weight_type", self.weight_type, QUANT_TYPES)
+        if self.mode == "dynamic":  # nothing calibrated; ORT picks the activation type: one plan
+            object.__setattr__(self, "calibration", "minmax")
+            object.__setattr__(self, "activation_type", "uint8")
         if self.activation_type == "int8" and self.weight_type == "uint8":
             raise InvalidPlan("plan: int8 activations with uint8 weights is a combination ORT's "
                               "quantizer does not support")
@@ -148,7 +158,11 @@ class Plan:
             parts.append(f"dynamic INT8 at {len(self.dynamic_sites)} site(s)")
         if self.fp16_sites:
             parts.append(f"FP16 at {len(self.fp16_sites)} region(s)")
-        if self.quantization and not self.int8_sites:
+        if self.quantization and self.quantization.mode == "dynamic":
+            q = self.quantization
+            parts.append(f"INT8 dynamic {'per-channel' if q.per_channel else 'per-tensor'} "
+                         f"(w {q.weight_type}{', reduce_range' if q.reduce_range else ''})")
+        elif self.quantization and not self.int8_sites:
             q = self.quantization
             parts.append(f"INT8 static {'per-channel' if q.per_channel else 'per-tensor'} "
                          f"{q.calibration} (act {q.activation_type}, w {q.weight_type}"
@@ -215,17 +229,24 @@ def apply(plan: Plan, model_path: Path, data_file: Path | None, out_dir: Path,
 
         shutil.copyfile(model_path, target)
     else:
-        from autotune.quantize import quantize_static
-
-        note = quantize_static(model_path, target, plan.quantization, data_file, out_dir)
+        note = _quantize_whole(plan.quantization, model_path, target, data_file, out_dir)
     return Candidate(target, session_settings(plan.runtime), note)
+
+
+def _quantize_whole(q: Quantization, model_path: Path, target: Path, data_file: Path | None,
+                    work: Path) -> str:
+    from autotune.quantize import quantize_dynamic, quantize_static
+
+    if q.mode == "dynamic":
+        return quantize_dynamic(model_path, target, q)
+    return quantize_static(model_path, target, q, data_file, work)
 
 
 def _apply_sites(plan: Plan, model_path: Path, data_file: Path | None, out_dir: Path,
                  shapes: dict[str, tuple[int, ...]]) -> str | None:
-    """Structural rewrites first (in catalogue order), then static INT8 at the chosen nodes, then
-    dynamic INT8 at the chosen MatMul / Gemm nodes, each followed through the rewrites that
-    replaced them."""
+    """Structural rewrites first (in catalogue order: fusion, grouping, layout), then FP16,
+    static INT8 and dynamic INT8 at the chosen nodes, each followed through the rewrites that
+    replaced them; whole-model INT8 (`quantization` with no precision site) last."""
     import onnx
 
     from autotune import sites as catalogue
@@ -247,61 +268,29 @@ def _apply_sites(plan: Plan, model_path: Path, data_file: Path | None, out_dir: 
                           f"{sorted(set(site.nodes) & set(rival.nodes))[0]}; choose one")
     structural = [s for s in found if s.rule in catalogue.STRUCTURAL
                   and chosen.get(s.id, s.default) != s.default]
-    replaced: dict[str, list[tuple[str, str]]] = {}  # old node -> (new node, op type)
-    notes = []
+    notes, replaced = [], {}
     if structural:
-        import onnx_ir as ir
-
-        from autotune.rewrites import Match, prepare, registry
-
-        prepared, rewrites = prepare(model), registry()
-        for site in structural:
-            anchor = site.id.split(":", 1)[1]
-            new = rewrites[site.rule].apply(prepared, Match(anchor, site.nodes), chosen[site.id])
-            for old in site.nodes:
-                replaced[old] = [(n.name, n.op_type) for n in new]
-        from onnx_ir.passes.common import RemoveUnusedNodesPass
-
-        RemoveUnusedNodesPass()(prepared)  # cleanup: weights the rewrites made unused
-        model = ir.serde.serialize_model(prepared)
-        # The shapes inferred for matching are not part of the candidate: written out as
-        # value_info they made ORT run the transformer encoder about 5% slower.
-        del model.graph.value_info[:]
+        model, replaced = _rewrite(model, structural, chosen)
         notes.append(f"{len(structural)} rewrite(s)")
 
-    def followed(site_ids: list[str], all_ops: bool = False) -> list[str]:
+    def followed(site_ids: list[str], keep=lambda op: op in catalogue.QUANTIZABLE) -> list[str]:
         """The nodes of these sites, followed through the rewrites that replaced them."""
         nodes = set()
         for sid in site_ids:
             for name in known[sid].nodes:
-                if name in replaced:
-                    nodes |= {n for n, op in replaced[name] if all_ops or op in catalogue.QUANTIZABLE}
-                else:
-                    nodes.add(name)
+                nodes |= ({n for n, op in replaced[name] if keep(op)} if name in replaced
+                          else {name})
         return sorted(nodes)
 
+    fp16 = followed(plan.fp16_sites, keep=lambda op: True)
     static, dynamic = followed(plan.int8_sites), followed(plan.dynamic_sites)
-    from autotune.quantize import quantize_dynamic_nodes, quantize_nodes, quantize_static
-
-    fp16 = set(followed(plan.fp16_sites, all_ops=True))
     if fp16:
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-
-        model = convert_float_to_float16(
-            model, keep_io_types=True,
-            node_block_list=[n.name for n in model.graph.node if n.name not in fp16])
-        import onnx_ir as ir
-
-        graph = ir.serde.deserialize_model(model)
-        graph.graph.sort()  # the converter appends its Casts at the end of the graph
-        model = ir.serde.serialize_model(graph)
+        model = _float16(model, set(fp16))
         notes.append(f"FP16 at {len(fp16)} node(s)")
+    from autotune.quantize import quantize_dynamic_nodes, quantize_nodes
+
     current = out_dir / "named.onnx"
     onnx.save(model, str(current))
-    if plan.quantization is not None and not static and not dynamic:  # whole-model INT8
-        notes.append(quantize_static(current, out_dir / "static.onnx", plan.quantization,
-                                     data_file, out_dir))
-        current = out_dir / "static.onnx"
     if static:
         notes.append(quantize_nodes(current, out_dir / "static.onnx",
                                     plan.quantization or Quantization(), static, data_file, out_dir))
@@ -309,5 +298,45 @@ def _apply_sites(plan: Plan, model_path: Path, data_file: Path | None, out_dir: 
     if dynamic:
         notes.append(quantize_dynamic_nodes(current, out_dir / "dynamic.onnx", dynamic))
         current = out_dir / "dynamic.onnx"
+    if plan.quantization is not None and not (fp16 or static or dynamic):  # whole-model INT8
+        notes.append(_quantize_whole(plan.quantization, current, out_dir / "whole.onnx",
+                                     data_file, out_dir))
+        current = out_dir / "whole.onnx"
     current.replace(out_dir / "model.onnx")
     return "; ".join(notes) or None
+
+
+def _rewrite(model, sites, chosen: dict[str, str]):
+    """The model with the structural `sites` applied at their chosen options, in order, and
+    {old node: [(new node, op type)]} for the nodes they replaced."""
+    import onnx_ir as ir
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+    from autotune.rewrites import Match, prepare, registry
+
+    prepared, rewrites = prepare(model), registry()
+    replaced: dict[str, list[tuple[str, str]]] = {}
+    for site in sites:
+        anchor = site.id.split(":", 1)[1]
+        new = rewrites[site.rule].apply(prepared, Match(anchor, site.nodes), chosen[site.id])
+        for old in site.nodes:
+            replaced[old] = [(n.name, n.op_type) for n in new]
+    RemoveUnusedNodesPass()(prepared)  # cleanup: weights the rewrites made unused
+    model = ir.serde.serialize_model(prepared)
+    # The shapes inferred for matching are not part of the candidate: written out as
+    # value_info they made ORT run the transformer encoder about 5% slower.
+    del model.graph.value_info[:]
+    return model, replaced
+
+
+def _float16(model, nodes: set[str]):
+    """`nodes` computed in float16 (ORT's converter), inputs and outputs kept in float32."""
+    import onnx_ir as ir
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(
+        model, keep_io_types=True,
+        node_block_list=[n.name for n in model.graph.node if n.name not in nodes])
+    converted = ir.serde.deserialize_model(model)
+    converted.graph.sort()  # the converter appends its Casts at the end of the graph
+    return ir.serde.serialize_model(converted)

@@ -61,6 +61,18 @@ def quantize_static(model_path: Path, out: Path, q: "Quantization", data_file: P
     return note
 
 
+def quantize_dynamic(model_path: Path, out: Path, q: "Quantization") -> str:
+    """Whole-model dynamic INT8 (ORT's default operator set: MatMul, Gemm, Conv, ...)."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    ort_quantize_dynamic(str(model_path), str(out), per_channel=q.per_channel,
+                         reduce_range=q.reduce_range, weight_type=types[q.weight_type])
+    return "dynamic INT8, whole model"
+
+
 def _quantize(source: Path, out: Path, q: "Quantization", data_file: Path,
               nodes: list[str] | None = None) -> None:
     """ORT's quantize_static in QDQ format with the plan's settings; int8 activations are

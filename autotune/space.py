@@ -19,7 +19,7 @@ from autotune.sites import RULES, Site, compatible
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 _RUNTIME_KEYS = {f.name for f in fields(RuntimeChoices)}
-_QUANT_KEYS = {f"quantization.{f.name}" for f in fields(Quantization)}
+_QUANT_KEYS = {f"quantization.{f.name}" for f in fields(Quantization) if f.name != "mode"}
 KEYS = _RUNTIME_KEYS | _QUANT_KEYS | {"quantization"}
 
 
@@ -75,9 +75,10 @@ class SearchSpace:
         if "disabled_optimizers" in runtime:
             runtime["disabled_optimizers"] = tuple(runtime["disabled_optimizers"])
         quant = None
-        if assignment.get("quantization", "none") == "static":
-            quant = Quantization(**{k.split(".", 1)[1]: v for k, v in assignment.items()
-                                    if k.startswith("quantization.")})
+        mode = assignment.get("quantization", "none")
+        if mode != "none":
+            quant = Quantization(mode=mode, **{k.split(".", 1)[1]: v for k, v in assignment.items()
+                                               if k.startswith("quantization.")})
         return Plan(RuntimeChoices(**runtime), quant, tuple(sites.items()))
 
     def sample(self, rng: np.random.Generator) -> dict[str, Any]:

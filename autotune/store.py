@@ -57,5 +57,16 @@ class RunStore:
             return []
         return [Trial.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line]
 
+    def write_front(self, front: list[Trial], baseline: Trial) -> None:
+        """pareto.json: the trials no other beats in speedup, peak memory and accuracy at once."""
+        from autotune.pareto import point
+
+        rows = [{"number": t.number, "plan_summary": t.plan.describe(), "speedup": p[0],
+                 "memory_reduction": p[1], "accuracy_drop": -p[2]}
+                for t in front if (p := point(t, baseline)) is not None]
+        tmp = self.dir / "pareto.json.tmp"
+        tmp.write_text(json.dumps(rows, indent=2) + "\n")
+        tmp.replace(self.dir / "pareto.json")
+
     def run_info(self) -> dict[str, Any]:
         return json.loads((self.dir / "run.json").read_text())

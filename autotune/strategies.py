@@ -214,40 +214,68 @@ class Greedy(Strategy):
                 "lossy_sites": len(self.lossy)}
 
 
-class TPE(Strategy):
-    """Optuna's TPE sampler over the same choices, through its ask-and-tell interface.
+class OptunaStrategy(Strategy):
+    """An Optuna sampler over the same choices, through Optuna's ask-and-tell interface.
 
-    Each choice is a categorical over its options' indices. The value told to Optuna is the
-    log of the score within the accuracy limit, and below zero outside it (by how far), so the
-    sampler learns the limit as well as the speed. A plan measured before is told its earlier
-    value without counting against the budget.
+    Each choice is suggested as the index of its option: categorical for the samplers that
+    model categories (TPE, GP, NSGA-II), an integer for those that only sample numbers (CMA-ES
+    with margin, Sobol QMC), which then treat the options as ordered. The value told to Optuna
+    is the log of the score within the accuracy limit, and below zero outside it (by how far),
+    so the sampler learns the limit as well as the speed. A plan measured before (two
+    assignments can give one plan) is told its earlier value without counting against the
+    budget. Subclasses name the sampler and the options it is built with, which go into the
+    run's records.
     """
 
-    name = "tpe"
     MAX_ASKS = 200  # asks without a new Plan before the space counts as exhausted
+    sampler_class = ""  # the class in optuna.samplers
+    numeric = False  # suggest option indices as integers rather than categories
 
     def __init__(self, space: SearchSpace, seed: int = 0) -> None:
+        import warnings
+
         import optuna
 
         super().__init__(space, seed)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # Few random start-up trials: the budgets here are tens of measurements.
         self.startup = max(3, min(10, len(space.choices)))
-        self.study = optuna.create_study(
-            direction="maximize",
-            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.startup,
-                                               multivariate=True))
-        self.values: dict[str, float] = {Plan().digest(): 0.0}
+        with warnings.catch_warnings():  # QMC and CMA-ES with margin are "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = getattr(optuna.samplers, self.sampler_class)(seed=seed, **self.options())
+        self.sampler = sampler
+        self.study = None  # made in setup, when the objective is known: one value or three
+        self.values: dict[str, float | tuple[float, ...]] = {}
         self.seen.add(Plan().digest())
         self._trial = None
+
+    def setup(self, baseline: Measurement, objective: Objective) -> None:
+        import optuna
+
+        super().setup(baseline, objective)
+        if objective.target == "pareto":  # speedup, memory reduction, accuracy drop
+            self.study = optuna.create_study(directions=["maximize", "maximize", "minimize"],
+                                             sampler=self.sampler)
+            self.values[Plan().digest()] = (1.0, 1.0, 0.0)
+        else:
+            self.study = optuna.create_study(direction="maximize", sampler=self.sampler)
+            self.values[Plan().digest()] = 0.0
+
+    def options(self) -> dict:
+        """The sampler's options other than the seed, chosen for budgets of tens of trials."""
+        return {}
+
+    def _suggest(self, trial, choice) -> int:
+        if self.numeric:
+            return trial.suggest_int(choice.key, 0, len(choice.options) - 1)
+        return trial.suggest_categorical(choice.key, list(range(len(choice.options))))
 
     def _ask(self) -> Plan | None:
         import optuna
 
         for _ in range(self.MAX_ASKS):
             trial = self.study.ask()
-            assignment = {c.key: c.options[trial.suggest_categorical(c.key, list(range(len(c.options))))]
-                          for c in self.space.choices}
+            assignment = {c.key: c.options[self._suggest(trial, c)] for c in self.space.choices}
             try:
                 plan = self.space.plan(assignment)
             except InvalidPlan:
@@ -264,24 +292,109 @@ class TPE(Strategy):
         return None
 
     def _tell(self, plan: Plan, measurement: Measurement, score: float | None) -> None:
-        import math
+        import optuna
 
-        value = -2.0  # failed
-        if measurement.ok and self.objective is not None and score:
-            drop = self.objective.accuracy_drop(measurement, self.baseline)
-            over = (drop or 0.0) - self.objective.max_accuracy_drop
-            value = math.log(score) if over <= 1e-9 else -1.0 - over
-        self.values[plan.digest()] = value
+        value = self._value(measurement, score)
+        if value is not None:
+            self.values[plan.digest()] = value
         if self._trial is not None:
-            self.study.tell(self._trial, value)
+            if value is None:
+                self.study.tell(self._trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                self.study.tell(self._trial, value)
             self._trial = None
 
+    def _value(self, m: Measurement, score: float | None) -> float | tuple[float, ...] | None:
+        """What Optuna is told; None: the trial failed (a multi-objective study has no number
+        worse than every other for it)."""
+        import math
+
+        drop = self.objective.accuracy_drop(m, self.baseline) if m.ok else None
+        if self.objective.target == "pareto":
+            if drop is None or not m.peak_memory_mb or not self.baseline.peak_memory_mb:
+                return None
+            return m.speedup, self.baseline.peak_memory_mb / m.peak_memory_mb, drop
+        if not score:
+            return -2.0  # failed
+        over = (drop or 0.0) - self.objective.max_accuracy_drop
+        return math.log(score) if over <= 1e-9 else -1.0 - over
+
     def settings(self) -> dict:
-        return {**super().settings(), "sampler": "TPESampler", "n_startup_trials": self.startup,
-                "multivariate": True}
+        import optuna
+
+        return {**super().settings(), "sampler": self.sampler_class, **self.options(),
+                "suggest": "integer index" if self.numeric else "categorical",
+                "optuna": optuna.__version__}
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"random": RandomSearch, "greedy": Greedy, "tpe": TPE}
+class TPE(OptunaStrategy):
+    name, sampler_class = "tpe", "TPESampler"
+
+    def options(self) -> dict:
+        return {"n_startup_trials": self.startup, "multivariate": True}
+
+
+class CmaEs(OptunaStrategy):
+    name, sampler_class = "cmaes", "CmaEsSampler"
+    numeric = True  # CMA-ES samples numbers; with_margin keeps integer choices from sticking
+
+    def options(self) -> dict:
+        return {"n_startup_trials": self.startup, "with_margin": True,
+                "warn_independent_sampling": False}
+
+
+class GP(OptunaStrategy):
+    name, sampler_class = "gp", "GPSampler"
+
+    def options(self) -> dict:
+        return {"n_startup_trials": self.startup}
+
+
+class QMC(OptunaStrategy):
+    name, sampler_class = "qmc", "QMCSampler"
+    numeric = True  # scrambled Sobol points cover the grid of option indices evenly
+
+    def options(self) -> dict:
+        return {"qmc_type": "sobol", "scramble": True, "warn_independent_sampling": False}
+
+
+class NSGA2(OptunaStrategy):
+    name, sampler_class = "nsga2", "NSGAIISampler"
+
+    def options(self) -> dict:
+        # Small generations, so that tens of trials see several of them.
+        return {"population_size": max(4, min(16, len(self.space.choices)))}
+
+
+class Presets(Strategy):
+    """What a user gets without tuning, one after another: every ONNX Runtime optimization
+    level other than the baseline's, whole-model dynamic INT8, whole-model static INT8 QDQ
+    (per-channel MinMax, the quantizer's defaults). Needs no search space of its own."""
+
+    name = "presets"
+    PLANS = ({"graph_optimization_level": "disable"}, {"graph_optimization_level": "basic"},
+             {"graph_optimization_level": "extended"}, {"graph_optimization_level": "layout"},
+             {"quantization": "dynamic"}, {"quantization": "static"})
+
+    def __init__(self, space: SearchSpace, seed: int = 0) -> None:
+        super().__init__(space, seed)
+        self._start = []  # the presets are the whole strategy, whatever the space
+        self.plans = [_PRESET_SPACE.plan(p) for p in self.PLANS]
+        self.seen.add(Plan().digest())
+
+    def _ask(self) -> Plan | None:
+        while self.plans:
+            plan = self.plans.pop(0)
+            if self._fresh(plan):
+                return plan
+        return None
+
+
+_PRESET_SPACE = SearchSpace("presets", "", ())
+
+
+STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (
+    RandomSearch, TPE, CmaEs, GP, QMC, NSGA2, Greedy, Presets)}
 
 
 def make(name: str, space: SearchSpace, seed: int = 0) -> Strategy:

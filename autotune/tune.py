@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from autotune import export, strategies
+from autotune import export, pareto, strategies
 from autotune.errors import ModelError, UsageError
 from autotune.measure import Cache, Measurer, Protocol, machine
 from autotune.objective import Objective
@@ -103,6 +103,7 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
             store.append(trial)
             searcher.tell(plan, m, trial.score)
             best = pick_best(trials, objective)
+            store.write_front(pareto.front(trials, baseline), baseline)
             progress.trial(trial, best, advance=not m.cached)
 
         progress.status("exporting the tuned model")

@@ -37,3 +37,23 @@ def test_bad_values_and_unsupported_combinations_are_refused():
         RuntimeChoices(graph_optimization_level="max")
     with pytest.raises(InvalidPlan):
         Quantization(activation_type="int8", weight_type="uint8")
+
+
+def test_dynamic_quantization_is_one_plan_whatever_the_calibration_settings():
+    a = Plan(quantization=Quantization(mode="dynamic", calibration="entropy", activation_type="int8"))
+    assert a == Plan(quantization=Quantization(mode="dynamic"))
+    assert "INT8 dynamic" in a.describe() and a.lossy
+    with pytest.raises(UsageError, match="quantization mode"):
+        Quantization(mode="weird")
+
+
+def test_whole_model_dynamic_int8_builds_integer_matmuls(mlp_path, tmp_path):
+    import onnx
+
+    from autotune import workload
+    from autotune.plan import apply
+
+    w = workload.load(str(mlp_path))
+    c = apply(Plan(quantization=Quantization(mode="dynamic")), mlp_path, w.data_file(), tmp_path)
+    ops = {n.op_type for n in onnx.load(c.model).graph.node}
+    assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops

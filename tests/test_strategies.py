@@ -114,3 +114,22 @@ def test_greedy_quantizes_sites_with_the_settings_of_the_most_accurate_start_poi
                   measurer=QuantizerFake(w), objective=Objective(max_accuracy_drop=0.01))
     per_site = [t.plan for t in result.trials if t.plan.int8_sites]
     assert per_site and all(p.quantization.calibration == "percentile" for p in per_site)
+
+
+def test_presets_are_the_ort_levels_and_whole_model_int8_then_nothing(w, tmp_path):
+    result = _run(w, tmp_path, "presets", budget=20)
+    described = [t.plan.describe() for t in result.trials]
+    assert len(described) == 6 and len(set(described)) == 6
+    levels = [t.plan.runtime.graph_optimization_level for t in result.trials[:4]]
+    assert levels == ["disable", "basic", "extended", "layout"]
+    assert [t.plan.quantization.mode for t in result.trials[4:]] == ["dynamic", "static"]
+
+
+@pytest.mark.parametrize("name", ["tpe", "cmaes", "gp", "qmc", "nsga2"])
+def test_optuna_strategies_state_their_sampler_settings(w, tmp_path, name):
+    import json
+
+    _run(w, tmp_path, name, budget=3)
+    settings = json.loads((tmp_path / name / "run.json").read_text())["strategy"]
+    assert settings["name"] == name and settings["sampler"].endswith("Sampler")
+    assert settings["seed"] == 0 and settings["optuna"]

@@ -1,0 +1,70 @@
+"""The Pareto front of a run and the picks that export one of its points."""
+import json
+
+import pytest
+
+from autotune import workload
+from autotune.cli import main
+from autotune.errors import UsageError
+from autotune.measure import Measurement
+from autotune.objective import Objective
+from autotune.pareto import front, pick
+from autotune.plan import Plan, RuntimeChoices
+from autotune.store import Trial
+
+
+def _trial(number, speedup, peak, accuracy, ok=True):
+    m = Measurement("ok" if ok else "failed", speedup=speedup, speedup_ci=(speedup, speedup),
+                    peak_memory_mb=peak, accuracy=accuracy, metric="top1")
+    return Trial(number, Plan(RuntimeChoices(intra_op_threads=number)), m, "test", 0, speedup)
+
+
+BASE = _trial(0, 1.0, 10.0, 0.95)
+TRIALS = [_trial(1, 3.0, 10.0, 0.90),   # fastest, but 5 points lost
+          _trial(2, 2.0, 10.0, 0.945),  # fast within a 1-point limit
+          _trial(3, 1.5, 10.0, 0.94),   # beaten by trial 2 everywhere
+          _trial(4, 1.1, 5.0, 0.95),    # smallest, as accurate as the baseline
+          _trial(5, 9.0, 1.0, 0.1, ok=False)]
+
+
+def test_front_keeps_the_non_dominated_trials_and_the_baseline_when_it_is_one():
+    assert [t.number for t in front(TRIALS, BASE)] == [1, 2, 4]
+    assert [t.number for t in front(TRIALS[2:3], BASE)] == [0, 3]  # a trade-off with the baseline
+
+
+def test_picks_respect_the_accuracy_limit():
+    objective = Objective(max_accuracy_drop=0.01)
+    assert pick(TRIALS, BASE, "fastest", objective).number == 2
+    assert pick(TRIALS, BASE, "smallest", objective).number == 4
+    assert pick(TRIALS, BASE, "most-accurate", objective).number == 4
+    assert pick(TRIALS, BASE, "fastest", Objective(max_accuracy_drop=0.1)).number == 1
+    assert pick(TRIALS, BASE, "3", objective).number == 3
+    with pytest.raises(UsageError, match="failed"):
+        pick(TRIALS, BASE, "5", objective)
+    with pytest.raises(UsageError, match="--pick takes"):
+        pick(TRIALS, BASE, "quickest", objective)
+
+
+def test_a_pareto_run_keeps_its_front_and_exports_each_point(mlp_path, tmp_path, capsys):
+    from autotune import space as spaces
+    from autotune.measure import Protocol
+    from autotune.tune import tune
+
+    fast = Protocol(warmup_runs=1, min_runs=6, max_runs=30, min_seconds=0, max_seconds=1)
+    run = tmp_path / "run"
+    tune(workload.load(str(mlp_path)), spaces.load("runtime"), strategy="nsga2", budget=4,
+         objective=Objective("pareto", 0.05), out=run, protocol=fast, quiet=True)
+    points = json.loads((run / "pareto.json").read_text())
+    assert points and all({"number", "speedup", "memory_reduction", "accuracy_drop"} <= set(p)
+                          for p in points)
+    assert main(["export", str(run), "--pick", "most-accurate"]) == 0
+    assert (run / "pick-most-accurate" / "model.onnx").is_file()
+    number = str(points[-1]["number"])
+    assert main(["export", str(run), "--pick", number, "--out", str(tmp_path / "p")]) == 0
+    plan = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert Plan.from_dict(plan).describe() == points[-1]["plan_summary"]
+
+
+def test_export_of_something_that_is_not_a_run_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["export", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
