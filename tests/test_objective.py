@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from autotune.measure import Measurement
 from autotune.objective import Objective
 
@@ -7,7 +9,7 @@ def _m(speedup=2.0, ci=(1.9, 2.1), accuracy=0.95, metric="top1", error=None, mem
                        output_error=error, peak_memory_mb=memory, latency_ms=1.0, baseline_ms=2.0)
 
 
-BASE = _m(1.0, (0.99, 1.01), accuracy=0.96, memory=20.0)
+BASE = replace(_m(1.0, (0.99, 1.01), accuracy=0.96, memory=20.0), latency_ms=2.0)
 
 
 def test_a_drop_equal_to_the_limit_is_within_it():
@@ -42,3 +44,10 @@ def test_memory_objective_scores_peak_memory_and_refuses_slower():
 
 def test_failed_measurement_is_never_exportable():
     assert not Objective().verdict(Measurement.failed("boom"), BASE)[0]
+
+
+def test_a_speedup_over_a_baseline_the_candidate_slowed_is_not_trusted():
+    disturbed = replace(_m(speedup=1.4, ci=(1.35, 1.45)), baseline_ms=3.0)  # alone: 2.0 ms
+    ok, why = Objective().verdict(disturbed, BASE)
+    assert not ok and "50% slower beside this candidate" in why
+    assert Objective(max_disturbance=0.6).verdict(disturbed, BASE)[0]
