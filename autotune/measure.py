@@ -24,7 +24,7 @@ from autotune.plan import Candidate, Plan, session_settings
 from autotune.workload import Workload
 
 # Bump when the worker's way of measuring changes, so old cached numbers are not reused.
-MEASURE_VERSION = 2
+MEASURE_VERSION = 3
 # The code that builds and measures candidates: any change to it is a new cache key, so a
 # cached number always comes from the candidate the current code would build.
 _BUILD_CODE = ("plan.py", "quantize.py", "sites.py", "worker.py", "runtime.py", "rewrites")
@@ -71,6 +71,7 @@ class Measurement:
     latency_ci: tuple[float, float] | None = None
     baseline_ms: float | None = None
     baseline_ci: tuple[float, float] | None = None
+    baseline_alone_ms: float | None = None  # the baseline timed alone just before, same worker
     speedup: float | None = None
     speedup_ci: tuple[float, float] | None = None
     runs: int = 0

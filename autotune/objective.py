@@ -22,7 +22,8 @@ class Objective:
     # The baseline is timed beside each candidate, in one process (they share its heap). Some
     # candidates slow it there (seen: sessions without a memory arena made the transformer's
     # baseline beside them up to 55% slower) and then look faster than they are: a speedup
-    # whose baseline ran this much slower than in its own measurement is not trusted.
+    # whose baseline ran this much slower beside the candidate than alone moments before is
+    # not trusted.
     max_disturbance: float = 0.2
 
     def __post_init__(self) -> None:
@@ -61,10 +62,10 @@ class Objective:
         if drop > self.max_accuracy_drop + _EPS:
             return False, f"{what} {drop:.4f} exceeds the limit {self.max_accuracy_drop}"
         within = f"{what} {drop:.4f} within the limit {self.max_accuracy_drop}"
-        alone, beside = baseline.latency_ms, m.baseline_ms
+        alone, beside = m.baseline_alone_ms, m.baseline_ms
         if alone and beside and beside > alone * (1 + self.max_disturbance):
             return False, (f"the baseline ran {beside / alone - 1:.0%} slower beside this "
-                           f"candidate than in its own measurement: its speedup is not trusted")
+                           f"candidate than alone: its speedup is not trusted")
         lo, hi = m.speedup_ci
         if self.target != "memory":
             if lo <= 1.0 or m.speedup < 1.0 + self.min_gain:

@@ -75,6 +75,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         base = create_session(spec["baseline"], spec["baseline_settings"], NO_SPIN)
         base.run(None, feed)
         stage = "run"
+        # The baseline alone first, seconds before it runs beside the candidate: a reference
+        # that shows whether the candidate's session slows it (they share this process).
+        alone = _interleave([base], feed, {**protocol, "min_runs": 10, "min_seconds": 0.5,
+                                           "max_seconds": 2.0})[0]
         c_times, b_times = _interleave([cand, base], feed, protocol)
         stage = "accuracy"
         accuracy, error = _accuracy(cand, base, evaluation, labels, spec["metric"])
@@ -90,7 +94,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     sp, sp_lo, sp_hi = speedup_ci(b_times, c_times)
     return {"status": "ok", "latency_ms": lat, "latency_ci": [lat_lo, lat_hi],
             "baseline_ms": bl, "baseline_ci": [bl_lo, bl_hi], "speedup": sp,
-            "speedup_ci": [sp_lo, sp_hi], "runs": len(c_times), "peak_memory_mb": peak_mb,
+            "speedup_ci": [sp_lo, sp_hi], "baseline_alone_ms": float(np.median(alone)),
+            "runs": len(c_times), "peak_memory_mb": peak_mb,
             "accuracy": accuracy, "output_error": error, "metric": spec["metric"], **extra}
 
 
