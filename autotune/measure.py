@@ -205,7 +205,7 @@ class Measurer:
         """Builds the plan's candidate under `out_dir` in a worker; a failure is a failed
         Measurement with its reason."""
         built = self._run("build", {"plan": plan.to_dict(), "model": str(self.workload.model_path),
-                                    "data": str(self._data_file), "out": str(out_dir),
+                                    "data": str(self._data_file), "out": str(Path(out_dir).resolve()),
                                     "shapes": self.workload.shapes},
                           out_dir, self.protocol.build_timeout)
         if built.get("status") != "ok":
@@ -246,7 +246,7 @@ class Measurer:
 
     def _measure(self, model: Path, settings: dict[str, Any], tmp: Path,
                  build_note: str | None = None, baseline_accuracy: bool = False) -> Measurement:
-        spec = {"model": str(model), "settings": settings,
+        spec = {"model": str(Path(model).resolve()), "settings": settings,
                 "baseline": str(self.workload.model_path),
                 "baseline_settings": session_settings(Plan().runtime),
                 "data": str(self._data_file), "metric": self.workload.metric,
@@ -272,8 +272,10 @@ class Measurer:
         spec_file, result_file = tmp / f"{command}.spec.json", tmp / f"{command}.result.json"
         spec_file.write_text(json.dumps(spec))
         try:
+            # In its own directory: ORT's quantizer can leave external-data files (UUID.data)
+            # in the working directory; there they go with the rest.
             proc = subprocess.run([sys.executable, "-m", "autotune.worker", command,
-                                   str(spec_file), str(result_file)],
+                                   str(spec_file), str(result_file)], cwd=tmp,
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, timeout=timeout)
         except subprocess.TimeoutExpired:
