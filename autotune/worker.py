@@ -36,6 +36,15 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
     return {"status": "ok", "model": str(c.model), "settings": c.settings, "note": c.note}
 
 
+def _evaluation(data_file: str) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
+    """The evaluation split as one feed per sample, and the labels if the data has them."""
+    with np.load(data_file) as f:
+        arrays = {k[5:]: f[k] for k in f.files if k.startswith("eval:")}  # each read once
+        labels = f["labels"] if "labels" in f.files else None
+    count = len(next(iter(arrays.values())))
+    return [{n: a[i] for n, a in arrays.items()} for i in range(count)], labels
+
+
 def _memory_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -57,10 +66,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     from autotune.stats import median_ci, speedup_ci
 
     protocol = spec["protocol"]
-    with np.load(spec["data"]) as f:
-        arrays = {k[5:]: f[k] for k in f.files if k.startswith("eval:")}  # each read once
-        labels = f["labels"] if "labels" in f.files else None
-    evaluation = [{n: a[i] for n, a in arrays.items()} for i in range(len(next(iter(arrays.values()))))]
+    evaluation, labels = _evaluation(spec["data"])
 
     before = _memory_kb("VmRSS")
     _reset_peak()
@@ -169,10 +175,7 @@ def compare(spec: dict[str, Any]) -> dict[str, Any]:
     from autotune.runtime import create_session
     from autotune.stats import median_ci, speedup_ci
 
-    with np.load(spec["data"]) as f:
-        arrays = {k[5:]: f[k] for k in f.files if k.startswith("eval:")}
-        labels = f["labels"] if "labels" in f.files else None
-    evaluation = [{n: a[i] for n, a in arrays.items()} for i in range(len(next(iter(arrays.values()))))]
+    evaluation, labels = _evaluation(spec["data"])
     feed = evaluation[0]
     # No peak memory here: sessions made one after another in one process share its heap; the
     # `measure` command, whose candidate is the first session of a fresh process, measures it.
