@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import platform
 import sys
 from pathlib import Path
 
@@ -44,7 +45,25 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--timeout", type=float, default=900,
                    help="seconds allowed to build, and to measure, one candidate (default: 900)")
     t.add_argument("--no-cache", action="store_true", help="measure everything anew")
+    t.add_argument("--storage", default=None, metavar="URL",
+                   help="the Optuna storage for the run's study: a database URL such as "
+                        "postgresql://user:password@host/db, which `autotune worker` processes on "
+                        "other machines can join (default: sqlite in RUN_DIR/study.db)")
+    t.add_argument("--study", default=None, metavar="NAME",
+                   help="the study's name in --storage (default: RUN_DIR's name)")
+    t.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS",
+                   help="how often a worker says it is alive while measuring; a trial whose "
+                        "worker is silent for 3x this is marked failed (default: 10)")
     t.add_argument("-q", "--quiet", action="store_true")
+
+    wk = sub.add_parser("worker", help="join a study shared through --storage and measure on "
+                                       "this machine until its budget is used",
+                        description="Takes the workload, search space, strategy, budget and "
+                                    "measurement protocol from the study; run one per machine.")
+    wk.add_argument("--storage", required=True, metavar="URL", help="the study's database URL")
+    wk.add_argument("--study", required=True, metavar="NAME")
+    wk.add_argument("--no-cache", action="store_true", help="measure everything anew")
+    wk.add_argument("-q", "--quiet", action="store_true")
 
     st = sub.add_parser("sites", help="list every place in the model where a choice can be made")
     st.add_argument("model", nargs="?", help="an .onnx file or zoo:NAME (or give --workload)")
@@ -110,7 +129,8 @@ def _tune(args) -> int:
     result = tune(w, space, strategy=args.strategy, budget=args.budget, objective=objective,
                   seed=args.seed, out=args.out, protocol=protocol,
                   cache=None if args.no_cache else default_cache(), command=sys.argv,
-                  quiet=args.quiet)
+                  quiet=args.quiet, storage=args.storage, study=args.study,
+                  heartbeat_seconds=args.heartbeat)
     best = result.best
     failed = sum(not t.measurement.ok for t in result.trials)
     print(f"{len(result.trials)} candidates ({result.measurements_used} measured, "
@@ -123,6 +143,17 @@ def _tune(args) -> int:
         print(f"best: {best.plan.describe()}\n  {m.speedup:.2f}x faster than ORT_ENABLE_ALL "
               f"(95% CI {m.speedup_ci[0]:.2f}-{m.speedup_ci[1]:.2f}); {best.verdict}\n"
               f"  tuned model: {result.run_dir / 'best'}")
+    return 0
+
+
+def _worker(args) -> int:
+    from autotune.tune import default_cache, join
+
+    mine = join(args.storage, args.study, cache=None if args.no_cache else default_cache(),
+                quiet=args.quiet)
+    failed = sum(not t.measurement.ok for t in mine)
+    print(f"this machine measured {len(mine)} trial(s) ({failed} failed); the study's budget is "
+          f"used. Export with `autotune export RUN_DIR` where it was started")
     return 0
 
 
@@ -176,17 +207,19 @@ def _export(args) -> int:
     from autotune.store import RunStore
 
     store = RunStore(args.run_dir)
-    if not (args.run_dir / "run.json").is_file() or not (args.run_dir / "trials.jsonl").is_file():
-        raise AutotuneError(f"{args.run_dir} is not a run directory (no run.json and "
-                            f"trials.jsonl); give the --out directory of `autotune tune`")
+    if not store.exists():
+        raise AutotuneError(f"{args.run_dir} is not a run directory (no run.json); give the "
+                            f"--out directory of `autotune tune`")
     info = store.run_info()
     objective = Objective(**info["objective"])
-    baseline, *trials = store.trials()
+    ledger = store.ledger()
+    baseline = ledger.baseline(platform.node())
+    trials = [t for t in ledger.trials() if not t.is_baseline]
     which = args.pick or ("smallest" if objective.target == "memory" else "fastest")
     chosen = pareto.pick(trials, baseline, which, objective)
     w = workloads.from_spec(info["workload"])
     dest = args.out or args.run_dir / f"pick-{which}"
-    export.write(dest, w, Measurer(w), baseline, chosen if chosen.number else None, objective)
+    export.write(dest, w, Measurer(w), baseline, None if chosen.is_baseline else chosen, objective)
     print(f"trial {chosen.number}: {chosen.plan.describe()}\n  {dest}")
     return 0
 
@@ -204,8 +237,8 @@ def _verify(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"zoo": _zoo, "tune": _tune, "sites": _sites, "export": _export,
-                "verify": _verify}[args.command](args)
+        return {"zoo": _zoo, "tune": _tune, "worker": _worker, "sites": _sites,
+                "export": _export, "verify": _verify}[args.command](args)
     except AutotuneError as exc:
         print(f"autotune: error: {exc}", file=sys.stderr)
         return 2

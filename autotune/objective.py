@@ -2,6 +2,7 @@
 accuracy as a hard limit, and decide whether a candidate may be exported at all."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from autotune.errors import UsageError
@@ -77,3 +78,32 @@ class Objective:
         if ratio is None or ratio < 1.0 + self.min_gain:
             return False, "peak memory not lower than the baseline's"
         return True, f"{ratio:.2f}x less peak memory, {within}"
+
+    @property
+    def directions(self) -> list[str]:
+        """The study's directions: one value, or speedup, memory reduction, accuracy drop."""
+        if self.target == "pareto":
+            return ["maximize", "maximize", "minimize"]
+        return ["maximize"]
+
+    def study_value(self, m: Measurement, baseline: Measurement) -> float | tuple[float, ...] | None:
+        """What a study is told about a trial; None: failed (a multi-objective study has no
+        number worse than every other for it).
+
+        One value: the log of the score within the accuracy limit, and below zero outside it
+        (by how far), so a sampler learns the limit as well as the speed; -2 for a failure.
+        Pareto: (speedup, baseline peak memory / peak memory, accuracy drop)."""
+        drop = self.accuracy_drop(m, baseline) if m.ok else None
+        if self.target == "pareto":
+            if drop is None or not m.peak_memory_mb or not baseline.peak_memory_mb:
+                return None
+            return m.speedup, baseline.peak_memory_mb / m.peak_memory_mb, drop
+        score = self.score(m, baseline)
+        if not score:
+            return -2.0
+        over = (drop or 0.0) - self.max_accuracy_drop
+        return math.log(score) if over <= _EPS else -1.0 - over
+
+    @property
+    def baseline_value(self) -> float | tuple[float, ...]:
+        return (1.0, 1.0, 0.0) if self.target == "pareto" else 0.0

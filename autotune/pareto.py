@@ -13,10 +13,10 @@ def point(t: Trial, baseline: Trial) -> tuple[float, float, float] | None:
     """(speedup, baseline peak memory / peak memory, -accuracy drop): all to be maximized;
     None for a failed trial or one whose accuracy or memory was not measured."""
     m, b = t.measurement, baseline.measurement
-    drop = Objective.accuracy_drop(m, b) if t.number else 0.0
+    drop = 0.0 if t.is_baseline else Objective.accuracy_drop(m, b)
     if not m.ok or drop is None or not m.peak_memory_mb or not b.peak_memory_mb:
         return None
-    return (m.speedup if t.number else 1.0), b.peak_memory_mb / m.peak_memory_mb, -drop
+    return (1.0 if t.is_baseline else m.speedup), b.peak_memory_mb / m.peak_memory_mb, -drop
 
 
 def front(trials: list[Trial], baseline: Trial) -> list[Trial]:
@@ -36,7 +36,9 @@ def pick(trials: list[Trial], baseline: Trial, which: str, objective: Objective)
         number = int(which)
         found = next((t for t in [baseline, *trials] if t.number == number), None)
         if found is None:
-            raise UsageError(f"the run has no trial {number} (trials 0-{len(trials)})")
+            numbers = sorted(t.number for t in [baseline, *trials])
+            raise UsageError(f"the run has no trial {number} (its trials: "
+                             f"{', '.join(map(str, numbers[:12]))}{', ...' if len(numbers) > 12 else ''})")
         if not found.measurement.ok:
             raise UsageError(f"trial {number} failed ({found.measurement.reason}); pick another")
         return found

@@ -20,7 +20,7 @@ def trial_line(t: "Trial") -> str:
     acc = (f"error {m.output_error:.4f}" if m.metric == "fidelity" else f"top-1 {m.accuracy:.4f}") \
         if (m.output_error is not None or m.accuracy is not None) else "accuracy n/a"
     mark = "[green]ok[/green]" if t.exportable else f"[yellow]kept out[/yellow]: {t.verdict}"
-    if t.number == 0:
+    if t.is_baseline:
         mark = "[dim]baseline[/dim]"
     cached = " (cached)" if m.cached else f" {m.seconds:.0f} s"
     return (f"{head}\n      {m.speedup:.2f}x [{m.speedup_ci[0]:.2f}, {m.speedup_ci[1]:.2f}]  "
@@ -52,9 +52,11 @@ class Progress:
     def status(self, text: str) -> None:
         self._bar.update(self._task, description=f"{self._best} · {text}")
 
-    def trial(self, t: "Trial", best: "Trial | None", advance: bool = True) -> None:
+    def trial(self, t: "Trial", best: "Trial | None") -> None:
         if best is not None:
             self._best = f"best: {best.score:.2f}x (#{best.number})"
         self.say(trial_line(t))
-        if advance and t.number > 0:
-            self._bar.advance(self._task)
+
+    def done(self, measurements: int) -> None:
+        """The budget used so far (by every worker of the study)."""
+        self._bar.update(self._task, completed=measurements)

@@ -101,6 +101,22 @@ def load(name_or_path: str) -> SearchSpace:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return parse({"name": path.stem, **spec} if isinstance(spec, dict) else spec, path)
+
+
+def to_spec(space: SearchSpace) -> dict[str, Any]:
+    """The space as the YAML it was read from (as plain data), for `parse` on another machine."""
+    return {"name": space.name, "description": space.description,
+            "choices": {c.key: [list(o) if isinstance(o, tuple) else o for o in c.options]
+                        for c in space.choices if not c.key.startswith("site:")},
+            "sites": {rule: list(options) for rule, options in space.site_rules},
+            "start": [dict(p) for p in space.start]}
+
+
+def parse(spec: dict[str, Any], path: Path | str = "search space") -> SearchSpace:
+    """A space from its YAML's content; `path` names it in errors."""
+    if not isinstance(spec, dict):
+        raise UsageError(f"{path}: a search space is a mapping with `choices` and/or `sites`")
     top = ["name", "description", "choices", "sites", "start"]
     unknown = set(spec) - set(top)
     if unknown:
@@ -126,7 +142,7 @@ def load(name_or_path: str) -> SearchSpace:
             for option in options:
                 optimizers.check(option)
         choices.append(Choice(key, options))
-    space = SearchSpace(spec.get("name", path.stem), spec.get("description", ""), tuple(choices),
+    space = SearchSpace(spec.get("name", "unnamed"), spec.get("description", ""), tuple(choices),
                         tuple(spec.get("start") or ()), tuple(site_rules))
     for c in space.choices:  # every option must make a valid plan
         for option in c.options:

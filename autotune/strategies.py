@@ -3,6 +3,10 @@
 `ask()` is called before each measurement and returns the next Plan, or None when the strategy
 has nothing new to propose. `tell()` is called once per proposed Plan with its Measurement
 and score (None for a failed candidate). A strategy never proposes the same Plan twice.
+
+Every trial is recorded in the run's Optuna study (the ledger, `autotune.store`); `open_trial`
+gives the Optuna trial the last proposal goes into. Optuna's samplers propose through that
+study, so in a study shared by several workers they learn from every worker's trials.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from autotune.measure import Measurement
 from autotune.objective import Objective
 from autotune.plan import InvalidPlan, Plan
 from autotune.space import SearchSpace
+from autotune.store import Ledger
 
 
 class Strategy(ABC):
@@ -27,6 +32,8 @@ class Strategy(ABC):
         self._start = list(space.start)
         self.baseline: Measurement | None = None
         self.objective: Objective | None = None
+        self.ledger: Ledger | None = None
+        self._trial = None  # the Optuna trial of the last proposal, if the strategy opened it
 
     def ask(self) -> Plan | None:
         """The next new Plan: the space's start points first, then the strategy's own."""
@@ -36,9 +43,14 @@ class Strategy(ABC):
                 return plan
         return self._ask()
 
-    def setup(self, baseline: Measurement, objective: Objective) -> None:
+    def setup(self, baseline: Measurement, objective: Objective, ledger: Ledger) -> None:
         """Called once by the tuner, after the baseline is measured and before the first ask."""
-        self.baseline, self.objective = baseline, objective
+        self.baseline, self.objective, self.ledger = baseline, objective, ledger
+
+    def open_trial(self):
+        """The Optuna trial the last proposal is recorded in."""
+        trial, self._trial = self._trial, None
+        return trial if trial is not None else self.ledger.study.ask()
 
     def tell(self, plan: Plan, measurement: Measurement, score: float | None) -> None:
         self._tell(plan, measurement, score)
@@ -215,16 +227,16 @@ class Greedy(Strategy):
 
 
 class OptunaStrategy(Strategy):
-    """An Optuna sampler over the same choices, through Optuna's ask-and-tell interface.
+    """An Optuna sampler over the same choices, through Optuna's ask-and-tell interface, on the
+    run's study.
 
     Each choice is suggested as the index of its option: categorical for the samplers that
     model categories (TPE, GP, NSGA-II), an integer for those that only sample numbers (CMA-ES
-    with margin, Sobol QMC), which then treat the options as ordered. The value told to Optuna
-    is the log of the score within the accuracy limit, and below zero outside it (by how far),
-    so the sampler learns the limit as well as the speed. A plan measured before (two
-    assignments can give one plan) is told its earlier value without counting against the
-    budget. Subclasses name the sampler and the options it is built with, which go into the
-    run's records.
+    with margin, Sobol QMC), which then treat the options as ordered. The study is told
+    `Objective.study_value`. The space's start points are enqueued in the study, so the sampler
+    learns from them. A plan measured before (two assignments can give one plan) is told its
+    earlier value without counting against the budget. Subclasses name the sampler and the
+    options it is built with, which go into the run's records.
     """
 
     MAX_ASKS = 200  # asks without a new Plan before the space counts as exhausted
@@ -242,24 +254,25 @@ class OptunaStrategy(Strategy):
         self.startup = max(3, min(10, len(space.choices)))
         with warnings.catch_warnings():  # QMC and CMA-ES with margin are "experimental"
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = getattr(optuna.samplers, self.sampler_class)(seed=seed, **self.options())
-        self.sampler = sampler
-        self.study = None  # made in setup, when the objective is known: one value or three
+            self.sampler = getattr(optuna.samplers, self.sampler_class)(seed=seed, **self.options())
+        self.study = None  # the run's study with this sampler, from setup
         self.values: dict[str, float | tuple[float, ...]] = {}
         self.seen.add(Plan().digest())
-        self._trial = None
 
-    def setup(self, baseline: Measurement, objective: Objective) -> None:
-        import optuna
-
-        super().setup(baseline, objective)
-        if objective.target == "pareto":  # speedup, memory reduction, accuracy drop
-            self.study = optuna.create_study(directions=["maximize", "maximize", "minimize"],
-                                             sampler=self.sampler)
-            self.values[Plan().digest()] = (1.0, 1.0, 0.0)
-        else:
-            self.study = optuna.create_study(direction="maximize", sampler=self.sampler)
-            self.values[Plan().digest()] = 0.0
+    def setup(self, baseline: Measurement, objective: Objective, ledger: Ledger) -> None:
+        super().setup(baseline, objective, ledger)
+        self.study = ledger.load(self.sampler)
+        self.values[Plan().digest()] = objective.baseline_value
+        # Start points as enqueued trials (once per study, by the first worker): the sampler
+        # then sees them as its own.
+        first = all(t.user_attrs.get("strategy") == "baseline"
+                    for t in self.study.get_trials(deepcopy=False))
+        by_key = {c.key: c for c in self.space.choices}
+        for point in self._start:  # a point outside the space's choices cannot be enqueued
+            if first and all(k in by_key and v in by_key[k].options for k, v in point.items()):
+                self.study.enqueue_trial({c.key: c.options.index(point.get(c.key, c.options[0]))
+                                          for c in self.space.choices}, skip_if_exists=True)
+        self._start = []
 
     def options(self) -> dict:
         """The sampler's options other than the seed, chosen for budgets of tens of trials."""
@@ -271,53 +284,30 @@ class OptunaStrategy(Strategy):
         return trial.suggest_categorical(choice.key, list(range(len(choice.options))))
 
     def _ask(self) -> Plan | None:
-        import optuna
-
         for _ in range(self.MAX_ASKS):
             trial = self.study.ask()
             assignment = {c.key: c.options[self._suggest(trial, c)] for c in self.space.choices}
             try:
                 plan = self.space.plan(assignment)
-            except InvalidPlan:
-                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            except InvalidPlan as exc:
+                self.ledger.skip(trial, f"not a valid plan: {exc}")
                 continue
             if plan.digest() in self.values:
-                self.study.tell(trial, self.values[plan.digest()])
+                self.ledger.skip(trial, "repeats a plan measured before",
+                                 self.values[plan.digest()])
                 continue
             if not self._fresh(plan):  # proposed before, its result not back yet
-                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                self.ledger.skip(trial, "repeats a plan being measured")
                 continue
             self._trial = trial
             return plan
         return None
 
     def _tell(self, plan: Plan, measurement: Measurement, score: float | None) -> None:
-        import optuna
-
-        value = self._value(measurement, score)
-        if value is not None:
-            self.values[plan.digest()] = value
-        if self._trial is not None:
-            if value is None:
-                self.study.tell(self._trial, state=optuna.trial.TrialState.FAIL)
-            else:
-                self.study.tell(self._trial, value)
-            self._trial = None
-
-    def _value(self, m: Measurement, score: float | None) -> float | tuple[float, ...] | None:
-        """What Optuna is told; None: the trial failed (a multi-objective study has no number
-        worse than every other for it)."""
-        import math
-
-        drop = self.objective.accuracy_drop(m, self.baseline) if m.ok else None
-        if self.objective.target == "pareto":
-            if drop is None or not m.peak_memory_mb or not self.baseline.peak_memory_mb:
-                return None
-            return m.speedup, self.baseline.peak_memory_mb / m.peak_memory_mb, drop
-        if not score:
-            return -2.0  # failed
-        over = (drop or 0.0) - self.objective.max_accuracy_drop
-        return math.log(score) if over <= 1e-9 else -1.0 - over
+        if measurement.ok or not measurement.transient:
+            value = self.objective.study_value(measurement, self.baseline)
+            if value is not None:
+                self.values[plan.digest()] = value
 
     def settings(self) -> dict:
         import optuna
@@ -331,7 +321,9 @@ class TPE(OptunaStrategy):
     name, sampler_class = "tpe", "TPESampler"
 
     def options(self) -> dict:
-        return {"n_startup_trials": self.startup, "multivariate": True}
+        # constant_liar: with several workers, trials still running count as bad guesses, so
+        # that the workers spread out instead of proposing alike.
+        return {"n_startup_trials": self.startup, "multivariate": True, "constant_liar": True}
 
 
 class CmaEs(OptunaStrategy):

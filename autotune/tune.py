@@ -2,21 +2,25 @@
 measurements, record every trial, and export the best exportable one (or the baseline)."""
 from __future__ import annotations
 
+import hashlib
 import platform
+import shutil
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from autotune import export, pareto, strategies
+from autotune import space as spaces
 from autotune.errors import ModelError, UsageError
-from autotune.measure import Cache, Measurer, Protocol, machine
+from autotune.measure import Cache, Measurement, Measurer, Protocol, machine
 from autotune.objective import Objective
 from autotune.paths import cache_dir
 from autotune.plan import Plan
 from autotune.progress import Progress
 from autotune.space import SearchSpace
-from autotune.store import RunStore, Trial
+from autotune.store import Ledger, RunStore, Trial, mask, worker_id
 from autotune.workload import Workload
 
 
@@ -43,7 +47,7 @@ def sites_of(workload: Workload) -> list:
 
 def pick_best(trials: list[Trial], objective: Objective) -> Trial | None:
     """The highest-scoring exportable trial, or None."""
-    candidates = [t for t in trials if t.exportable and t.number > 0]
+    candidates = [t for t in trials if t.exportable and not t.is_baseline]
     return max(candidates, key=lambda t: t.score, default=None)
 
 
@@ -51,64 +55,180 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
          objective: Objective = Objective(), seed: int = 0, out: Path,
          protocol: Protocol = Protocol(), cache: Cache | None = None,
          command: list[str] | None = None, quiet: bool = False,
-         measurer: Measurer | None = None) -> TuneResult:
+         measurer: Measurer | None = None, storage: str | None = None,
+         study: str | None = None, heartbeat_seconds: int = 10) -> TuneResult:
     """Tunes `workload` over `space`. `budget` counts real measurements beyond the baseline:
-    cache hits are free, failed candidates count. `measurer` replaces the real one (tests)."""
+    cache hits are free, failed candidates count. The trials go into an Optuna study: SQLite at
+    RUN_DIR/study.db, or the database at `storage`, where `autotune worker` processes on other
+    machines can join it (`join`). `measurer` replaces the real one (tests)."""
     out = Path(out)
     if budget < 0:
         raise UsageError(f"--budget must be >= 0, got {budget}")
+    if heartbeat_seconds < 1:
+        raise UsageError(f"--heartbeat must be at least 1 second, got {heartbeat_seconds}")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} already exists and is not empty; choose a new --out directory "
                          f"or remove it")
+    strategies.make(strategy, space, seed)  # an unknown name fails before anything is measured
+    study = study or (out.name if storage else "autotune")
     if space.needs_sites:
         space = space.bind(sites_of(workload))
-    searcher = strategies.make(strategy, space, seed)
     measurer = measurer or Measurer(workload, protocol, cache)
     progress = Progress(budget, quiet=quiet)
     for note in workload.notes:
         progress.say(f"[dim]{note}[/dim]")
 
     with progress:
-        progress.status("measuring the ORT_ENABLE_ALL baseline")
-        base_m = measurer.measure(Plan())
-        if not base_m.ok and base_m.transient:
-            raise ModelError(f"measuring the baseline (the model as given, ORT_ENABLE_ALL) failed: "
-                             f"{base_m.reason}; try again, or raise --timeout")
-        if not base_m.ok:
-            raise ModelError(f"the model does not run on ONNX Runtime as given ({base_m.reason}); "
-                             f"check its operators and opset, and the input shapes bound")
-        baseline = Trial(0, Plan(), base_m, "baseline", seed, 1.0, False, "the baseline")
-        searcher.setup(base_m, objective)
-        # Only now is RUN_DIR written: bad input above leaves nothing behind.
+        base_m = _measure_baseline(measurer, progress)
+        searcher = strategies.make(strategy, space, seed)
+        info = _run_info(workload, space, searcher, budget, objective, seed, protocol, command)
+        # Only now is anything written: bad input above leaves nothing behind.
         store = RunStore(out)
-        store.create(_run_info(workload, space, searcher, budget, objective, seed, protocol, command))
-        store.append(baseline)
-        progress.trial(baseline, None)
-
-        trials: list[Trial] = []
-        used = 0
-        best: Trial | None = None
-        while used < budget:
-            plan = searcher.ask()
-            if plan is None:
-                progress.say("the strategy has nothing new to propose: the space is exhausted")
-                break
-            progress.status(f"measuring {plan.describe()}")
-            m = measurer.measure(plan)
-            used += 0 if m.cached else 1
-            exportable, why = objective.verdict(m, base_m)
-            trial = Trial(len(trials) + 1, plan, m, strategy, seed,
-                          objective.score(m, base_m), exportable, why)
-            trials.append(trial)
-            store.append(trial)
-            searcher.tell(plan, m, trial.score)
-            best = pick_best(trials, objective)
-            store.write_front(pareto.front(trials, baseline), baseline)
-            progress.trial(trial, best, advance=not m.cached)
-
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            ledger = Ledger.create(store.storage_url(storage), study, info, objective.directions,
+                                   heartbeat_seconds)
+        except BaseException:
+            shutil.rmtree(out)  # it was empty, or did not exist
+            raise
+        store.create({**info, "storage": storage, "study": study})
+        if storage:
+            progress.say(f"study `{study}` in {mask(storage)}; more workers, one per machine: "
+                         f"autotune worker --storage URL --study {study}")
+        baseline = _work(ledger, searcher, measurer, base_m, objective, budget, seed, progress,
+                         store)
+        trials = [t for t in ledger.trials() if not t.is_baseline]
+        best = pick_best(trials, objective)
         progress.status("exporting the tuned model")
         export.write(out / "best", workload, measurer, baseline, best, objective)
+    used = sum(not t.measurement.cached for t in trials)
     return TuneResult(out, baseline, trials, best, used)
+
+
+def join(storage: str, study: str, *, cache: Cache | None = None, quiet: bool = False,
+         measurer: Measurer | None = None) -> list[Trial]:
+    """Works on a study made by `tune` until its budget is used: the workload, space, strategy,
+    objective and protocol come from the study, the measurements from this machine. Returns
+    the trials this worker measured (its baseline not among them)."""
+    from autotune import workload as workloads
+
+    ledger = Ledger.open(storage, study)
+    info = ledger.info
+
+    w = workloads.from_spec(info["workload"])
+    if w.digest() != info["workload_digest"]:
+        raise ModelError(f"the workload differs on this machine from the study's (its model or "
+                         f"data files are not the same); give this machine the same files")
+    space = spaces.parse(info["search_space_spec"])
+    if space.needs_sites:
+        space = space.bind(sites_of(w))
+    objective = Objective(**info["objective"])
+    protocol = Protocol(**info["protocol"])
+    # Workers must not propose alike: each draws from its own seed, recorded in its trials.
+    seed = int(hashlib.sha256(f"{info['seed']}:{worker_id()}".encode()).hexdigest()[:7], 16)
+    measurer = measurer or Measurer(w, protocol, cache)
+    progress = Progress(info["budget"], quiet=quiet)
+    with progress:
+        base_m = _measure_baseline(measurer, progress)
+        searcher = strategies.make(info["strategy"]["name"], space, seed)
+        _work(ledger, searcher, measurer, base_m, objective, info["budget"], seed, progress)
+    return ledger.trials(worker=worker_id())
+
+
+def _measure_baseline(measurer: Measurer, progress: Progress):
+    progress.status("measuring the ORT_ENABLE_ALL baseline")
+    base_m = measurer.measure(Plan())
+    if not base_m.ok and base_m.transient:
+        raise ModelError(f"measuring the baseline (the model as given, ORT_ENABLE_ALL) failed: "
+                         f"{base_m.reason}; try again, or raise --timeout")
+    if not base_m.ok:
+        raise ModelError(f"the model does not run on ONNX Runtime as given ({base_m.reason}); "
+                         f"check its operators and opset, and the input shapes bound")
+    return base_m
+
+
+def _work(ledger: Ledger, searcher: strategies.Strategy, measurer: Measurer, base_m,
+          objective: Objective, budget: int, seed: int, progress: Progress,
+          store: RunStore | None = None) -> Trial:
+    """The loop every worker runs: propose, claim, measure, record, until the study's budget is
+    used or the strategy has nothing new; then wait for other workers' trials in flight.
+    Returns this machine's baseline trial."""
+    host = platform.node()
+    me = worker_id()
+    name = searcher.name
+    baseline = ledger.add_baseline(
+        Trial(0, Plan(), base_m, "baseline", seed, 1.0, False, "the baseline", host),
+        objective.baseline_value)
+    searcher.setup(base_m, objective, ledger)
+    progress.trial(baseline, None)
+    attrs = {"strategy": name, "seed": seed, "host": host}
+    warned = False
+    best: Trial | None = None
+    while True:
+        ledger.fail_stale()
+        spent = ledger.spent()
+        progress.done(spent)
+        if spent >= budget:
+            break
+        plan = searcher.ask()
+        if plan is None:
+            progress.say("the strategy has nothing new to propose: the space is exhausted")
+            break
+        otrial = searcher.open_trial()
+        verdict, other = ledger.claim(otrial, plan, budget, attrs)
+        if verdict == "over":
+            ledger.skip(otrial, "the budget was used by other workers")
+            continue
+        if verdict == "repeat":
+            done = ledger.trial(other)  # None while in flight
+            ledger.skip(otrial, f"repeats trial {other.number}",
+                        other.values if done is not None and other.values else None)
+            searcher.tell(plan, done.measurement if done else
+                          Measurement.failed(f"being measured as trial {other.number}",
+                                             transient=True), done.score if done else None)
+            continue
+        if not warned and (near := [t for t in ledger.in_flight(exclude=me)
+                                    if t.user_attrs.get("host") == host]):
+            progress.say(f"[yellow]warning[/yellow]: another worker "
+                         f"({near[0].user_attrs.get('worker')}) is measuring on this machine: two "
+                         f"timing jobs at once spoil each other's latencies; run one worker per "
+                         f"machine")
+            warned = True
+        progress.status(f"measuring {plan.describe()}")
+        try:
+            with ledger.heartbeat(otrial):
+                m = measurer.measure(plan)
+        except BaseException:
+            ledger.record(otrial, Trial(otrial.number, plan, Measurement.failed(
+                "interrupted", transient=True), name, seed, None, False, "interrupted", host), None)
+            raise
+        exportable, why = objective.verdict(m, base_m)
+        trial = Trial(otrial.number, plan, m, name, seed, objective.score(m, base_m), exportable,
+                      why, host)
+        ledger.record(otrial, trial, objective.study_value(m, base_m) if m.ok else
+                      (None if objective.target == "pareto" else -2.0))
+        searcher.tell(plan, m, trial.score)
+        everything = ledger.trials()
+        best = pick_best(everything, objective)
+        if store is not None:
+            store.write_front(pareto.front([t for t in everything if not t.is_baseline],
+                                           baseline), baseline)
+        progress.trial(trial, best)
+    _wait_for_others(ledger, me, progress)
+    if store is not None:
+        everything = ledger.trials()
+        store.write_front(pareto.front([t for t in everything if not t.is_baseline], baseline),
+                          baseline)
+    return baseline
+
+
+def _wait_for_others(ledger: Ledger, me: str, progress: Progress) -> None:
+    """Waits until no other worker's trial is in flight: each ends measured, or failed once its
+    worker stops beating (so that a killed worker's trial is marked failed, not left open)."""
+    while running := ledger.in_flight(exclude=me):
+        progress.status(f"waiting for {len(running)} trial(s) of other workers")
+        time.sleep(min(2.0, ledger.heartbeat_seconds / 2))
+        ledger.fail_stale()
 
 
 def _run_info(workload: Workload, space: SearchSpace, searcher: strategies.Strategy, budget: int,
@@ -118,10 +238,11 @@ def _run_info(workload: Workload, space: SearchSpace, searcher: strategies.Strat
 
     return {"command": command or sys.argv, "workload": workload.spec(),
             "workload_digest": workload.digest(), "search_space": space.name,
+            "search_space_spec": spaces.to_spec(space),
             "site_choices": len(space.site_choices),
             "strategy": searcher.settings(), "budget": budget, "objective": asdict(objective),
             "seed": seed, "protocol": asdict(protocol), "onnxruntime": onnxruntime.__version__,
             "python": platform.python_version(), "machine": machine()}
 
 
-__all__ = ["tune", "TuneResult", "pick_best", "default_cache"]
+__all__ = ["tune", "join", "TuneResult", "pick_best", "default_cache"]
