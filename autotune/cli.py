@@ -219,7 +219,9 @@ def _export(args) -> int:
     chosen = pareto.pick(trials, baseline, which, objective)
     w = workloads.from_spec(info["workload"])
     dest = args.out or args.run_dir / f"pick-{which}"
-    export.write(dest, w, Measurer(w), baseline, None if chosen.is_baseline else chosen, objective)
+    claim = {"fastest": "faster", "smallest": "smaller"}.get(which, "as-measured")
+    export.write(dest, w, Measurer(w), baseline, None if chosen.is_baseline else chosen, objective,
+                 claim)
     print(f"trial {chosen.number}: {chosen.plan.describe()}\n  {dest}")
     return 0
 

@@ -101,6 +101,7 @@ class Ledger:
     def _storage(url: str, heartbeat_seconds: int | None = None):
         import optuna
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
