@@ -31,8 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--search-space", default="runtime", help="a name in search_spaces/ or a YAML "
                    "path (default: runtime)")
     t.add_argument("--strategy", default="random",
-                   help="random, tpe, cmaes, gp, qmc, nsga2 (Optuna's samplers), greedy (per-site) "
-                        "or presets (ORT's levels, whole-model INT8) (default: random)")
+                   help="random, tpe, cmaes, gp, qmc, nsga2 (Optuna's samplers), greedy (per-site), "
+                        "presets (ORT's levels, whole-model INT8) or ppo (MaskablePPO learning on "
+                        "the Gymnasium environment) (default: random)")
+    t.add_argument("--policy", type=Path, default=None, metavar="POLICY.zip",
+                   help="with --strategy ppo: start from a policy trained before")
     t.add_argument("--budget", type=int, default=12,
                    help="real measurements beyond the baseline; cache hits are free (default: 12)")
     t.add_argument("--max-accuracy-drop", type=float, default=0.01,
@@ -130,7 +133,7 @@ def _tune(args) -> int:
                   seed=args.seed, out=args.out, protocol=protocol,
                   cache=None if args.no_cache else default_cache(), command=sys.argv,
                   quiet=args.quiet, storage=args.storage, study=args.study,
-                  heartbeat_seconds=args.heartbeat)
+                  heartbeat_seconds=args.heartbeat, policy=args.policy)
     best = result.best
     failed = sum(not t.measurement.ok for t in result.trials)
     print(f"{len(result.trials)} candidates ({result.measurements_used} measured, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from autotune.errors import UsageError
+from autotune.errors import UsageError, did_you_mean
 from autotune.measure import Measurement
 
 # pareto: the Optuna strategies search (speedup, peak memory, accuracy drop) together and the
@@ -107,3 +107,110 @@ class Objective:
     @property
     def baseline_value(self) -> float | tuple[float, ...]:
         return (1.0, 1.0, 0.0) if self.target == "pareto" else 0.0
+
+
+class Reward:
+    """What an RL agent is paid for one measured Plan, relative to the ORT_ENABLE_ALL baseline:
+    above zero means it beats the baseline. `reset(baseline)` once per baseline, then
+    `update(measurement)` per episode.
+
+    Accuracy is a constraint: a candidate over the limit is paid at most 0, less in proportion
+    to how far it is over (`penalty` per limit's worth of excess, down to FAILED); a failed one
+    is paid FAILED."""
+
+    name = ""
+    FAILED = -2.0
+
+    def __init__(self, max_accuracy_drop: float = 0.01, penalty: float = 0.5) -> None:
+        if max_accuracy_drop < 0:
+            raise UsageError(f"max_accuracy_drop must be >= 0, got {max_accuracy_drop}")
+        self.max_accuracy_drop, self.penalty = max_accuracy_drop, penalty
+        self.baseline: Measurement | None = None
+
+    def reset(self, baseline: Measurement) -> None:
+        if not baseline.ok:
+            raise UsageError(f"the baseline failed ({baseline.reason}): nothing to reward against")
+        self.baseline = baseline
+
+    def update(self, m: Measurement) -> float:
+        if self.baseline is None:
+            raise UsageError("Reward.update before reset(baseline)")
+        value = self.value(m) if m.ok else None
+        if value is None:
+            return self.FAILED
+        drop = Objective.accuracy_drop(m, self.baseline)
+        over = (drop or 0.0) - self.max_accuracy_drop
+        if over <= _EPS:
+            return value
+        return max(self.FAILED, min(value, 0.0) - self.penalty * over / max(self.max_accuracy_drop, 1e-3))
+
+    def value(self, m: Measurement) -> float | None:
+        """The unconstrained reward of a measured candidate; None if it cannot be computed."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.name} (accuracy limit {self.max_accuracy_drop})"
+
+
+class LogSpeedup(Reward):
+    """log(baseline median latency / candidate median latency)."""
+
+    name = "log_speedup"
+
+    def value(self, m: Measurement) -> float | None:
+        return math.log(m.speedup) if m.speedup else None
+
+
+class MemoryReduction(Reward):
+    """log(baseline peak memory / candidate peak memory)."""
+
+    name = "memory"
+
+    def value(self, m: Measurement) -> float | None:
+        b = self.baseline.peak_memory_mb
+        return math.log(b / m.peak_memory_mb) if b and m.peak_memory_mb else None
+
+
+class Weighted(Reward):
+    """A weighted sum of other rewards' values, e.g. 0.7 latency + 0.3 memory."""
+
+    def __init__(self, weights: dict[str, float], max_accuracy_drop: float = 0.01,
+                 penalty: float = 0.5) -> None:
+        super().__init__(max_accuracy_drop, penalty)
+        unknown = set(weights) - set(REWARDS) - {"weighted"}
+        if unknown or "weighted" in weights:
+            raise UsageError(f"weighted rewards combine {', '.join(REWARDS)}, not "
+                             f"{', '.join(sorted(set(weights) - set(REWARDS)))}")
+        self.parts = {REWARDS[k](max_accuracy_drop, penalty): w for k, w in weights.items()}
+        self.name = "weighted:" + ",".join(f"{k}={w:g}" for k, w in weights.items())
+
+    def reset(self, baseline: Measurement) -> None:
+        super().reset(baseline)
+        for part in self.parts:
+            part.reset(baseline)
+
+    def value(self, m: Measurement) -> float | None:
+        values = [(part.value(m), w) for part, w in self.parts.items()]
+        if any(v is None for v, _ in values):
+            return None
+        return sum(v * w for v, w in values)
+
+
+REWARDS: dict[str, type[Reward]] = {"log_speedup": LogSpeedup, "memory": MemoryReduction}
+
+
+def make_reward(spec: "str | Reward", max_accuracy_drop: float = 0.01) -> Reward:
+    """A Reward from its name: log_speedup, memory, or weighted:log_speedup=0.7,memory=0.3."""
+    if isinstance(spec, Reward):
+        return spec
+    if spec.startswith("weighted:"):
+        try:
+            weights = {k.strip(): float(v) for k, v in
+                       (part.split("=") for part in spec[len("weighted:"):].split(","))}
+        except ValueError:
+            raise UsageError(f"reward `{spec}`: write weighted:log_speedup=0.7,memory=0.3") from None
+        return Weighted(weights, max_accuracy_drop)
+    if spec not in REWARDS:
+        raise UsageError(f"no reward `{spec}`.{did_you_mean(spec, REWARDS)} Known: "
+                         f"{', '.join(REWARDS)}, weighted:NAME=W,...")
+    return REWARDS[spec](max_accuracy_drop)

@@ -131,6 +131,16 @@ class Ledger:
         return cls(storage, name, heartbeat_seconds)
 
     @classmethod
+    def check_new(cls, url: str, name: str) -> None:
+        """Fails at once if the study exists (before anything is measured for a new one)."""
+        import optuna
+
+        if name in optuna.get_all_study_names(cls._storage(url)):
+            raise UsageError(f"a study `{name}` already exists in {mask(url)}; join it with "
+                             f"`autotune worker --storage URL --study {name}`, or give another "
+                             f"--study name")
+
+    @classmethod
     def open(cls, url: str, name: str) -> Ledger:
         import optuna
 

@@ -11,6 +11,7 @@ study, so in a study shared by several workers they learn from every worker's tr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
 
@@ -71,6 +72,9 @@ class Strategy(ABC):
 
     def _tell(self, plan: Plan, measurement: Measurement, score: float | None) -> None:
         pass
+
+    def close(self) -> None:
+        """Called once when the tuner is done with the strategy."""
 
 
 class RandomSearch(Strategy):
@@ -389,8 +393,22 @@ STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (
     RandomSearch, TPE, CmaEs, GP, QMC, NSGA2, Greedy, Presets)}
 
 
-def make(name: str, space: SearchSpace, seed: int = 0) -> Strategy:
-    if name not in STRATEGIES:
-        raise UsageError(f"no strategy `{name}`.{did_you_mean(name, STRATEGIES)} "
-                         f"Known: {', '.join(STRATEGIES)}")
+NAMES = (*STRATEGIES, "ppo")  # ppo: autotune.agents, which needs sb3-contrib
+
+
+def make(name: str, space: SearchSpace, seed: int = 0, workload=None,
+         policy=None) -> Strategy:
+    """The strategy `name`; `workload` and `policy` (a trained policy.zip) are for ppo."""
+    if name not in NAMES:
+        raise UsageError(f"no strategy `{name}`.{did_you_mean(name, NAMES)} "
+                         f"Known: {', '.join(NAMES)}")
+    if name == "ppo":
+        from autotune.agents import PPO
+
+        if policy is not None and not Path(policy).is_file():
+            raise UsageError(f"--policy {policy}: no such file; give the policy.zip that "
+                             f"`autotune agent train` wrote")
+        return PPO(space, seed, workload=workload, policy=policy)
+    if policy is not None:
+        raise UsageError("--policy goes with --strategy ppo")
     return STRATEGIES[name](space, seed)

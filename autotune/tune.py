@@ -56,7 +56,8 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
          protocol: Protocol = Protocol(), cache: Cache | None = None,
          command: list[str] | None = None, quiet: bool = False,
          measurer: Measurer | None = None, storage: str | None = None,
-         study: str | None = None, heartbeat_seconds: int = 10) -> TuneResult:
+         study: str | None = None, heartbeat_seconds: int = 10,
+         policy: Path | None = None) -> TuneResult:
     """Tunes `workload` over `space`. `budget` counts real measurements beyond the baseline:
     cache hits are free, failed candidates count. The trials go into an Optuna study: SQLite at
     RUN_DIR/study.db, or the database at `storage`, where `autotune worker` processes on other
@@ -69,8 +70,10 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} already exists and is not empty; choose a new --out directory "
                          f"or remove it")
-    strategies.make(strategy, space, seed)  # an unknown name fails before anything is measured
+    strategies.make(strategy, space, seed, workload, policy)  # bad names fail before measuring
     study = study or (out.name if storage else "autotune")
+    if storage:
+        Ledger.check_new(storage, study)
     if space.needs_sites:
         space = space.bind(sites_of(workload))
     measurer = measurer or Measurer(workload, protocol, cache)
@@ -80,7 +83,7 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
 
     with progress:
         base_m = _measure_baseline(measurer, progress)
-        searcher = strategies.make(strategy, space, seed)
+        searcher = strategies.make(strategy, space, seed, workload, policy)
         info = _run_info(workload, space, searcher, budget, objective, seed, protocol, command)
         # Only now is anything written: bad input above leaves nothing behind.
         store = RunStore(out)
@@ -130,7 +133,8 @@ def join(storage: str, study: str, *, cache: Cache | None = None, quiet: bool = 
     progress = Progress(info["budget"], quiet=quiet)
     with progress:
         base_m = _measure_baseline(measurer, progress)
-        searcher = strategies.make(info["strategy"]["name"], space, seed)
+        searcher = strategies.make(info["strategy"]["name"], space, seed, w,
+                                   info["strategy"].get("policy"))
         _work(ledger, searcher, measurer, base_m, objective, info["budget"], seed, progress)
     return ledger.trials(worker=worker_id())
 
@@ -178,6 +182,8 @@ def _work(ledger: Ledger, searcher: strategies.Strategy, measurer: Measurer, bas
         verdict, other = ledger.claim(otrial, plan, budget, attrs)
         if verdict == "over":
             ledger.skip(otrial, "the budget was used by other workers")
+            searcher.tell(plan, Measurement.failed("not measured: the budget was used by other "
+                                                   "workers", transient=True), None)
             continue
         if verdict == "repeat":
             done = ledger.trial(other)  # None while in flight
@@ -214,6 +220,7 @@ def _work(ledger: Ledger, searcher: strategies.Strategy, measurer: Measurer, bas
             store.write_front(pareto.front([t for t in everything if not t.is_baseline],
                                            baseline), baseline)
         progress.trial(trial, best)
+    searcher.close()
     _wait_for_others(ledger, me, progress)
     if store is not None:
         everything = ledger.trials()

@@ -6,7 +6,7 @@ from autotune.measure import Measurement
 from autotune.objective import Objective
 from autotune.plan import Candidate, Plan, session_settings
 from autotune.space import Choice, SearchSpace
-from autotune.strategies import STRATEGIES
+from autotune.strategies import NAMES
 from autotune.tune import tune
 
 N_SITES = 10
@@ -66,7 +66,7 @@ def test_greedy_stops_when_it_has_nothing_left(w, tmp_path):
     assert result.measurements_used < 2 * N_SITES + 5
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
+@pytest.mark.parametrize("name", sorted(NAMES))
 def test_every_strategy_respects_budget_and_limit_and_never_repeats(w, tmp_path, name):
     result = _run(w, tmp_path, name, budget=8, limit=0.003)
     assert result.measurements_used <= 8
