@@ -250,7 +250,8 @@ class Measurer:
                 "baseline": str(self.workload.model_path),
                 "baseline_settings": session_settings(Plan().runtime),
                 "data": str(self._data_file), "metric": self.workload.metric,
-                "protocol": asdict(self.protocol), "baseline_accuracy": baseline_accuracy}
+                "references": str(self._references()), "protocol": asdict(self.protocol),
+                "baseline_accuracy": baseline_accuracy}
         result = self._run("measure", spec, tmp, self.protocol.measure_timeout)
         if result.get("status") != "ok":
             return Measurement.failed(result["reason"], build_note=build_note,
@@ -258,6 +259,14 @@ class Measurer:
         result.pop("status")
         return Measurement(status="ok", build_note=build_note,
                            model_size_mb=model.stat().st_size / 2**20, **result)
+
+    def _references(self) -> Path:
+        """Where the baseline's outputs on the evaluation split are kept (fidelity metric)."""
+        import onnxruntime
+
+        from autotune.paths import cache_dir
+
+        return cache_dir() / "references" / f"{self.workload.digest()}-ort{onnxruntime.__version__}.npz"
 
     def _provenance(self) -> dict[str, Any]:
         import onnxruntime

@@ -87,7 +87,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
                                            "max_seconds": 2.0})[0]
         c_times, b_times = _interleave([cand, base], feed, protocol)
         stage = "accuracy"
-        accuracy, error = _accuracy(cand, base, evaluation, labels, spec["metric"])
+        accuracy, error = _accuracy(cand, base, evaluation, labels, spec["metric"],
+                                    spec.get("references"))
         extra = {}
         if spec.get("baseline_accuracy"):
             extra["baseline_accuracy"] = _accuracy(base, base, evaluation, labels, spec["metric"])[0]
@@ -141,18 +142,20 @@ def _interleave(sessions, feed, protocol) -> list[np.ndarray]:
     return [np.array(t) for t in times]
 
 
-def _accuracy(cand, base, evaluation, labels, metric) -> tuple[float, float | None]:
+def _accuracy(cand, base, evaluation, labels, metric,
+              references: str | None = None) -> tuple[float, float | None]:
     """(top-1, None) on labels, or (top-1 agreement, relative output error) against the baseline.
 
     The output error is ||y - y_ref|| / ||y_ref - mean(y_ref)||: relative to how much the
     reference output varies with its input, so a model that ignores its input fails it even
-    where plain relative error looks small.
+    where plain relative error looks small. The baseline's outputs are computed once per
+    workload and kept at `references` (an .npz), if given.
     """
     outs = [cand.run(None, feed) for feed in evaluation]
     if metric == "top1":
         pred = np.concatenate([o[0].reshape(len(lab), -1).argmax(1) for o, lab in zip(outs, labels)])
         return float((pred == np.concatenate(labels)).mean()), None
-    refs = [base.run(None, feed) for feed in evaluation]
+    refs = _references(base, evaluation, references)
     agree, count, err2, var2 = 0, 0, 0.0, 0.0
     for k in range(len(refs[0])):
         y = np.stack([o[k] for o in outs]).astype(np.float64)
@@ -167,6 +170,23 @@ def _accuracy(cand, base, evaluation, labels, metric) -> tuple[float, float | No
             count += int(np.prod(r.shape[:-1]))
     error = float(np.sqrt(err2 / var2)) if var2 > 0 else float(np.sqrt(err2))
     return (agree / count if count else None), error
+
+
+def _references(base, evaluation, path: str | None) -> list[list[np.ndarray]]:
+    """The baseline's outputs on the evaluation split: from `path`, or computed (and saved
+    there whole, for the next measurement)."""
+    if path and Path(path).is_file():
+        with np.load(path) as f:
+            count = len({k.split(":")[0] for k in f.files})
+            outputs = len(f.files) // max(count, 1)
+            return [[f[f"{i}:{k}"] for k in range(outputs)] for i in range(count)]
+    refs = [base.run(None, feed) for feed in evaluation]
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(path).with_name(f"{Path(path).stem}.{os.getpid()}.partial.npz")
+        np.savez(tmp, **{f"{i}:{k}": o for i, outs in enumerate(refs) for k, o in enumerate(outs)})
+        tmp.replace(path)
+    return refs
 
 
 def compare(spec: dict[str, Any]) -> dict[str, Any]:

@@ -44,3 +44,11 @@ def test_readme_commands_and_loader_run(tmp_path):
 
     out = scope["session"].run(None, {"input": np.zeros((2, 1, 28, 28), np.float32)})[0]
     assert out.shape == (2, 10)
+
+
+def test_readme_environment_example_runs():
+    block = next(b for b in _blocks("python") if "gymnasium.make" in b)
+    scope = {}
+    exec(block, scope)
+    info = scope["info"]
+    assert scope["terminated"] and "plan_summary" in info and "measurement" in info
