@@ -84,6 +84,17 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, default=None,
                    help="where to write it (default: RUN_DIR/pick-<PICK>)")
 
+    r = sub.add_parser("replay", help="rebuild the plan of a saved environment state, and "
+                                      "re-measure it",
+                       description="Rebuilds the Plan from the state's workload, search space and "
+                                   "actions (autotune.env.save_state writes one).")
+    r.add_argument("state", type=Path, metavar="STATE.json")
+    r.add_argument("--out", type=Path, default=None,
+                   help="write the candidate there: model.onnx, session.json, plan.json")
+    r.add_argument("--validate", action="store_true",
+                   help="measure it again (uncached) and say whether the state's reward lies "
+                        "within the new reward's 95%% CI; exit 1 if not")
+
     v = sub.add_parser("verify", help="re-measure a tuned-model directory against the baseline")
     v.add_argument("directory", type=Path)
     _workload_args(v, model=False)
@@ -229,6 +240,51 @@ def _export(args) -> int:
     return 0
 
 
+def _replay(args) -> int:
+    import json
+    import shutil
+    import tempfile
+    from dataclasses import replace
+
+    from autotune.env import replay
+    from autotune.measure import Measurement, Measurer
+    from autotune.plan import Plan
+
+    try:
+        state = json.loads(args.state.read_text())
+    except (OSError, ValueError) as exc:
+        raise AutotuneError(f"cannot read {args.state}: {exc}") from None
+    w, plan, reward = replay(state)
+    print(f"plan: {plan.describe()}")
+    measurer = Measurer(w)
+    if args.out is not None:
+        with tempfile.TemporaryDirectory(prefix="autotune-replay-") as tmp:
+            built = measurer.build(plan, Path(tmp))
+            if isinstance(built, Measurement):
+                raise AutotuneError(f"the plan does not build: {built.reason}")
+            args.out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(built.model, args.out / "model.onnx")
+        (args.out / "session.json").write_text(json.dumps(built.settings, indent=2) + "\n")
+        (args.out / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+        print(f"candidate: {args.out}")
+    if not args.validate:
+        return 0
+    reward.reset(measurer.measure(Plan()))
+    m = measurer.measure(plan)
+    now = reward.update(m)
+    if not m.ok:
+        print(f"does not hold: the candidate failed now ({m.reason})")
+        return 1
+    lo, hi = sorted(reward.update(replace(m, speedup=x)) for x in m.speedup_ci)
+    was = state.get("reward")
+    said = f"reward now {now:.4f} (95% CI {lo:.4f} to {hi:.4f}), the state's {was}"
+    if was is not None and lo - 1e-9 <= was <= hi + 1e-9:
+        print(f"holds: {said}")
+        return 0
+    print(f"does not hold: {said}")
+    return 1
+
+
 def _verify(args) -> int:
     from autotune import export
     from autotune import workload as workloads
@@ -243,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"zoo": _zoo, "tune": _tune, "worker": _worker, "sites": _sites,
-                "export": _export, "verify": _verify}[args.command](args)
+                "export": _export, "replay": _replay, "verify": _verify}[args.command](args)
     except AutotuneError as exc:
         print(f"autotune: error: {exc}", file=sys.stderr)
         return 2

@@ -269,3 +269,49 @@ def _plain(value):
 
 
 register_envs()
+
+
+def save_state(env: OnnxTuneEnv, path: Path) -> Path:
+    """Writes `env.state` (after an episode: with its plan and measurement) as JSON."""
+    import json
+
+    env = getattr(env, "unwrapped", env)
+    state = env.state
+    if len(env.actions) == len(env.choices):
+        state["plan"] = env.plan().to_dict()
+        m = env.measurer.measure(env.plan())  # from the cache: it was just measured
+        state["measurement"] = m.to_dict()
+    path = Path(path)
+    path.write_text(json.dumps(state, indent=2, default=str) + "\n")
+    return path
+
+
+def replay(state: dict[str, Any]):
+    """(workload, plan, reward) rebuilt from a saved state: the workload from its spec (it must
+    be the same content), the space from its spec bound to the model's sites, the plan from
+    the actions."""
+    from autotune import space as spaces
+    from autotune import workload as workloads
+    from autotune.errors import UsageError
+    from autotune.tune import sites_of
+
+    missing = [k for k in ("workload", "search_space", "actions") if k not in state]
+    if missing:
+        raise UsageError(f"not an environment state: no `{missing[0]}` (write one with "
+                         f"autotune.env.save_state)")
+    w = workloads.from_spec(state["workload"])
+    if state.get("workload_digest") and w.digest() != state["workload_digest"]:
+        raise UsageError("the workload's model or data differ here from the state's; replay needs "
+                         "the same files")
+    space = spaces.parse(state["search_space"])
+    space = space.bind(sites_of(w)) if space.needs_sites else space
+    if len(state["actions"]) > len(space.choices):
+        raise UsageError(f"the state has {len(state['actions'])} actions, the space "
+                         f"{len(space.choices)} choices: not the same space")
+    for c, a in zip(space.choices, state["actions"]):
+        if not 0 <= a < len(c.options):
+            raise UsageError(f"action {a} for {c.key}, which has {len(c.options)} options")
+    plan = space.plan({c.key: c.options[a] for c, a in zip(space.choices, state["actions"])})
+    reward = make_reward(state.get("reward_spec", "log_speedup"),
+                         state.get("max_accuracy_drop", 0.01))
+    return w, plan, reward

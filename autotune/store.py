@@ -368,6 +368,9 @@ class RunStore:
 
     def ledger(self) -> Ledger:
         info = self.run_info()
+        if "study" not in info:
+            raise UsageError(f"{self.dir} was written by an older onnx-autotune (trials.jsonl, no "
+                             f"study); run `autotune tune` again")
         return Ledger.open(self.storage_url(info.get("storage")), info["study"])
 
     def trials(self) -> list[Trial]:

@@ -187,3 +187,43 @@ def test_maskable_ppo_trains_for_64_steps(mlp_path):
     model = MaskablePPO("MlpPolicy", env, n_steps=32, batch_size=16, n_epochs=1, seed=0, verbose=0)
     model.learn(64)
     assert env.measurer.calls >= 64 // len(env.choices)
+
+
+def test_a_saved_state_replays_to_the_same_plan(mlp_path, tmp_path):
+    import json
+
+    from autotune.env import replay, save_state
+
+    env = _env(mlp_path, "full")
+    rng = np.random.default_rng(1)
+    env.reset(seed=0)
+    done, info = False, {}
+    while not done:
+        _, _, done, _, info = env.step(int(rng.choice(np.flatnonzero(env.action_masks()))))
+    state = json.loads(save_state(env, tmp_path / "state.json").read_text())
+    w, plan, reward = replay(state)
+    assert plan.to_dict() == info["plan"] == state["plan"] and reward.name == "log_speedup"
+
+
+def test_replay_rebuilds_and_revalidates_for_real(mlp_path, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from autotune.env import save_state
+
+    env = OnnxTuneEnv(workload=str(mlp_path), search_space="runtime")  # the real measurer
+    env.reset(seed=0)
+    for c in env.choices:
+        env.step(c.options.index("extended") if c.key == "graph_optimization_level" else 0)
+    state = save_state(env, tmp_path / "state.json")
+    autotune = Path(sys.executable).parent / "autotune"
+    proc = subprocess.run([str(autotune), "replay", str(state), "--out", str(tmp_path / "c"),
+                           "--validate"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "plan: graph_optimization_level=extended"
+    assert (tmp_path / "c/model.onnx").is_file() and (tmp_path / "c/session.json").is_file()
+    assert (proc.returncode, lines[-1].split(":")[0]) in ((0, "holds"), (1, "does not hold"))
+    bad = subprocess.run([str(autotune), "replay", str(tmp_path / "c/plan.json")],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert bad.returncode == 2 and "not an environment state" in bad.stderr

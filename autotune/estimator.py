@@ -1,0 +1,216 @@
+"""A cheap latency estimate for precision Plans, from per-node costs measured once per model.
+
+In the spirit of TASO's measured per-operator cost model: ONNX Runtime's profiler times every
+kernel of the FP32 model and of its all-INT8 (static QDQ) variant, both as ORT_ENABLE_ALL runs
+them, and a Plan's latency is estimated as
+
+    the kernels no Conv / MatMul / Gemm owns (FP32)
+    + each quantizable node at its FP32 or INT8 cost, as the Plan computes it
+    + a QuantizeLinear where an INT8 node reads from FP32, a DequantizeLinear where FP32 reads
+      from INT8, at the per-element costs the INT8 profile shows.
+
+Kernels are attributed to the model's nodes by name: ORT keeps a node's name, or starts a fused
+node's name with it. Only precision is modelled: runtime settings and structural rewrites leave
+the estimate as it is. It is for shaping rewards and pre-training; real measurements decide what
+is kept. `benchmarks/estimator.py` reports its rank correlation with measured latency.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotune.plan import Plan
+
+PROFILE_VERSION = 1
+_TRANSITIONS = ("QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass
+class Profile:
+    """Per-node costs in microseconds per inference, and the graph between quantizable nodes."""
+
+    fp32: dict[str, float]  # quantizable node -> its kernels' time in the FP32 model
+    int8: dict[str, float]  # quantizable node -> its kernels' time in the all-INT8 model
+    other: float  # FP32 kernels no quantizable node owns
+    quantize_us_per_element: float
+    dequantize_us_per_element: float
+    inputs: dict[str, int]  # quantizable node -> elements of its activation input
+    outputs: dict[str, int]  # quantizable node -> elements of its output
+    upstream: dict[str, list[str]]  # nearest quantizable nodes before it ("" for a graph input)
+    downstream: dict[str, list[str]]  # nearest quantizable nodes after it ("" for an output)
+
+    def to_json(self) -> str:
+        return json.dumps({"version": PROFILE_VERSION, **asdict(self)})
+
+
+def _kernel_times(model: Path, feed: dict[str, np.ndarray], runs: int) -> list[tuple[str, str, float, int]]:
+    """(node name, op type, microseconds per run, output elements) of every kernel, as the
+    ORT_ENABLE_ALL session runs `model`, averaged over `runs` runs after two of warm-up."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    with tempfile.TemporaryDirectory(prefix="autotune-profile-") as tmp:
+        so.profile_file_prefix = str(Path(tmp) / "profile")
+        warm = ort.InferenceSession(str(model), ort.SessionOptions(), providers=["CPUExecutionProvider"])
+        for _ in range(2):
+            warm.run(None, feed)
+        so.enable_profiling = True
+        session = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    total: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+    for ev in events:
+        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
+            continue
+        args = ev.get("args", {})
+        elements = sum(int(np.prod(list(shape.values())[0])) for shape in
+                       args.get("output_type_shape", []) if shape and list(shape.values())[0])
+        key = (ev["name"][:-len("_kernel_time")], args.get("op_name", ""))
+        total[key][0] += ev["dur"]
+        total[key][1] = elements
+    return [(name, op, us / runs, elements) for (name, op), (us, elements) in total.items()]
+
+
+def _owner(name: str, nodes: list[str]) -> str | None:
+    """The quantizable node a kernel belongs to: same name, or the longest name it starts with
+    (ORT names a fusion `<first node>/<Fusion>`, and an activation fusion `fused <that>`)."""
+    while name.startswith("fused "):
+        name = name[len("fused "):]
+    if name in nodes:
+        return name
+    return max((n for n in nodes if name.startswith(n)), key=len, default=None)
+
+
+def profile(workload, runs: int = 20) -> Profile:
+    """Profiles the workload's model in FP32 and all-INT8 (cached per model, data and ORT)."""
+    import onnx
+    import onnxruntime
+
+    from autotune.paths import cache_dir
+
+    path = cache_dir() / "estimator" / f"{workload.digest()}-ort{onnxruntime.__version__}-v{PROFILE_VERSION}.json"
+    if path.is_file():
+        d = json.loads(path.read_text())
+        d.pop("version")
+        return Profile(**d)
+    from autotune.plan import Quantization, apply
+    from autotune.sites import _bind_inputs, _shapes, stable_names
+
+    model = stable_names(onnx.load(str(workload.model_path)))
+    shapes = _shapes(_bind_inputs(model, workload.shapes))
+    weights = {i.name for i in model.graph.initializer}
+    quantizable = [n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
+                   and any(i in weights for i in n.input[1:2])]
+    with np.load(workload.data_file()) as f:
+        feed = {k[5:]: f[k][0] for k in f.files if k.startswith("eval:")}
+    with tempfile.TemporaryDirectory(prefix="autotune-profile-") as tmp:
+        named = Path(tmp) / "named.onnx"
+        onnx.save(model, named)
+        fp32 = _kernel_times(named, feed, runs)
+        built = apply(Plan(quantization=Quantization(mode="static")), named, workload.data_file(),
+                      Path(tmp) / "int8", workload.shapes)
+        int8 = _kernel_times(built.model, feed, runs)
+    costs: dict[str, float] = defaultdict(float)
+    other = 0.0
+    for name, op, us, _ in fp32:
+        owner = _owner(name, quantizable)
+        if owner is None:
+            other += us
+        else:
+            costs[owner] += us
+    int8_costs: dict[str, float] = defaultdict(float)
+    q_us = q_el = dq_us = dq_el = 0.0
+    for name, op, us, elements in int8:
+        if op == "QuantizeLinear":
+            q_us, q_el = q_us + us, q_el + elements
+        elif op == "DequantizeLinear":
+            dq_us, dq_el = dq_us + us, dq_el + elements
+        elif (owner := _owner(name, quantizable)) is not None:
+            int8_costs[owner] += us
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list] = defaultdict(list)
+    for n in nodes:
+        for i in n.input:
+            consumers[i].append(n)
+    outputs = {o.name for o in model.graph.output}
+    q = set(quantizable)
+
+    def walk(start: list[str], step) -> list[str]:
+        found, seen, todo = set(), set(), list(start)
+        while todo:
+            tensor = todo.pop()
+            if tensor in seen:
+                continue
+            seen.add(tensor)
+            nxt = step(tensor)
+            if nxt is None:
+                found.add("")
+            for n in nxt or ():
+                if n.name in q:
+                    found.add(n.name)
+                else:
+                    todo += list(n.input if step is back else n.output)
+        return sorted(found)
+
+    def back(tensor):
+        n = producer.get(tensor)
+        return None if n is None and tensor not in weights else ([n] if n is not None else [])
+
+    def forward(tensor):
+        after = consumers.get(tensor, [])
+        return None if tensor in outputs and not after else after
+
+    by_name = {n.name: n for n in nodes}
+    p = Profile(
+        fp32={n: costs.get(n, 0.0) for n in quantizable},
+        int8={n: int8_costs.get(n, costs.get(n, 0.0)) for n in quantizable},
+        other=other,
+        quantize_us_per_element=q_us / q_el if q_el else 0.0,
+        dequantize_us_per_element=dq_us / dq_el if dq_el else 0.0,
+        inputs={n: int(np.prod(shapes.get(by_name[n].input[0], (0,)))) for n in quantizable},
+        outputs={n: int(np.prod(shapes.get(by_name[n].output[0], (0,)))) for n in quantizable},
+        upstream={n: walk([by_name[n].input[0]], back) for n in quantizable},
+        downstream={n: walk(list(by_name[n].output), forward) for n in quantizable})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(p.to_json())
+    return p
+
+
+class Estimator:
+    """Estimated latency (ms) and speedup over the baseline of a Plan, from a Profile."""
+
+    def __init__(self, profile: Profile, sites: list[Any] = ()) -> None:
+        self.p = profile
+        self.site_nodes = {s.id: s.nodes for s in sites}
+        self.baseline_us = self._us(set())
+
+    def int8_nodes(self, plan: Plan) -> set[str]:
+        if plan.quantization is not None and plan.quantization.mode == "static" and not plan.sites:
+            return set(self.p.fp32)
+        return {n for sid in plan.int8_sites for n in self.site_nodes.get(sid, ())
+                if n in self.p.fp32}
+
+    def _us(self, int8: set[str]) -> float:
+        p = self.p
+        total = p.other + sum(p.int8[n] if n in int8 else p.fp32[n] for n in p.fp32)
+        for n in int8:
+            if any(u not in int8 for u in p.upstream[n]):  # reads FP32: quantize first
+                total += p.quantize_us_per_element * p.inputs[n]
+            if any(d not in int8 for d in p.downstream[n]):  # read by FP32: dequantize after
+                total += p.dequantize_us_per_element * p.outputs[n]
+        return total
+
+    def latency_ms(self, plan: Plan) -> float:
+        return self._us(self.int8_nodes(plan)) / 1000
+
+    def speedup(self, plan: Plan) -> float:
+        return self.baseline_us / max(self._us(self.int8_nodes(plan)), 1e-9)
