@@ -75,6 +75,12 @@ def mask(url: str) -> str:
     return scheme + sep + rest
 
 
+def _exists(url: str, name: str) -> UsageError:
+    return UsageError(f"a study `{name}` already exists in {mask(url)}; join it with "
+                      f"`autotune worker --storage URL --study {name}`, or give another "
+                      f"--study name")
+
+
 def worker_id() -> str:
     import platform
 
@@ -124,9 +130,7 @@ class Ledger:
         try:
             study = optuna.create_study(storage=storage, study_name=name, directions=directions)
         except optuna.exceptions.DuplicatedStudyError:
-            raise UsageError(f"a study `{name}` already exists in {mask(url)}; join it with "
-                             f"`autotune worker --storage URL --study {name}`, or give another "
-                             f"--study name") from None
+            raise _exists(url, name) from None
         study.set_user_attr("run", {**info, "heartbeat_seconds": heartbeat_seconds})
         return cls(storage, name, heartbeat_seconds)
 
@@ -136,9 +140,7 @@ class Ledger:
         import optuna
 
         if name in optuna.get_all_study_names(cls._storage(url)):
-            raise UsageError(f"a study `{name}` already exists in {mask(url)}; join it with "
-                             f"`autotune worker --storage URL --study {name}`, or give another "
-                             f"--study name")
+            raise _exists(url, name)
 
     @classmethod
     def open(cls, url: str, name: str) -> Ledger:
