@@ -107,13 +107,21 @@ class Ledger:
     def _storage(url: str, heartbeat_seconds: int | None = None):
         import optuna
 
+        from sqlalchemy.exc import IntegrityError
+
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created
         try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    url, heartbeat_interval=heartbeat_seconds,
-                    grace_period=3 * heartbeat_seconds if heartbeat_seconds else None)
+            for attempt in range(3):
+                try:
+                    with warnings.catch_warnings():  # heartbeats are "experimental" (Optuna 2.9)
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        return optuna.storages.RDBStorage(
+                            url, heartbeat_interval=heartbeat_seconds,
+                            grace_period=3 * heartbeat_seconds if heartbeat_seconds else None)
+                except IntegrityError:  # another process created the tables at the same moment
+                    if attempt == 2:
+                        raise
+                    time.sleep(1.0)
         except ImportError as exc:  # the database's driver
             raise UsageError(f"cannot open {mask(url)}: {exc}; for PostgreSQL, "
                              f"pip install 'psycopg[binary]'") from None

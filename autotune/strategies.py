@@ -56,6 +56,11 @@ class Strategy(ABC):
     def tell(self, plan: Plan, measurement: Measurement, score: float | None) -> None:
         self._tell(plan, measurement, score)
 
+    def baseline_params(self) -> tuple[dict, dict] | None:
+        """The baseline's parameters and distributions in the study, for samplers that read
+        them; None for strategies that do not propose through Optuna."""
+        return None
+
     def settings(self) -> dict:
         """The strategy's own settings, written into the run's records."""
         return {"name": self.name, "seed": self.seed}
@@ -244,6 +249,7 @@ class OptunaStrategy(Strategy):
     """
 
     MAX_ASKS = 200  # asks without a new Plan before the space counts as exhausted
+    MAX_REPEATS = 20  # sampler proposals without a new Plan before random ones take over
     sampler_class = ""  # the class in optuna.samplers
     numeric = False  # suggest option indices as integers rather than categories
 
@@ -260,6 +266,7 @@ class OptunaStrategy(Strategy):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.sampler = getattr(optuna.samplers, self.sampler_class)(seed=seed, **self.options())
         self.study = None  # the run's study with this sampler, from setup
+        self._random = None  # the same study with a RandomSampler, when the sampler repeats
         self.values: dict[str, float | tuple[float, ...]] = {}
         self.seen.add(Plan().digest())
 
@@ -282,14 +289,44 @@ class OptunaStrategy(Strategy):
         """The sampler's options other than the seed, chosen for budgets of tens of trials."""
         return {}
 
+    def _distribution(self, choice):
+        import optuna
+
+        if self.numeric:
+            return optuna.distributions.IntDistribution(0, len(choice.options) - 1)
+        return optuna.distributions.CategoricalDistribution(list(range(len(choice.options))))
+
     def _suggest(self, trial, choice) -> int:
         if self.numeric:
             return trial.suggest_int(choice.key, 0, len(choice.options) - 1)
         return trial.suggest_categorical(choice.key, list(range(len(choice.options))))
 
+    def baseline_params(self) -> tuple[dict, dict] | None:
+        # The baseline as an assignment, the first option of every choice when that is Plan():
+        # a baseline trial without parameters would empty the space that multivariate samplers
+        # model jointly (Optuna intersects the parameters of finished trials).
+        assignment = {c.key: c.options[0] for c in self.space.choices}
+        try:
+            if self.space.plan(assignment).digest() != Plan().digest():
+                return None
+        except InvalidPlan:
+            return None
+        return ({c.key: 0 for c in self.space.choices},
+                {c.key: self._distribution(c) for c in self.space.choices})
+
     def _ask(self) -> Plan | None:
-        for _ in range(self.MAX_ASKS):
-            trial = self.study.ask()
+        import optuna
+
+        for asked in range(self.MAX_ASKS):
+            random = asked >= self.MAX_REPEATS
+            if random and self._random is None:
+                # Some samplers repeat one proposal while their model does not change (TPE
+                # sampling independently ignores failed trials): go on with random proposals,
+                # recorded in the same study, so the sampler learns from them.
+                self._random = self.ledger.load(optuna.samplers.RandomSampler(seed=self.seed))
+            trial = (self._random if random else self.study).ask()
+            if random:
+                trial.set_user_attr("proposed_by", "random (the sampler kept repeating itself)")
             assignment = {c.key: c.options[self._suggest(trial, c)] for c in self.space.choices}
             try:
                 plan = self.space.plan(assignment)

@@ -162,7 +162,7 @@ def _work(ledger: Ledger, searcher: strategies.Strategy, measurer: Measurer, bas
     name = searcher.name
     baseline = ledger.add_baseline(
         Trial(0, Plan(), base_m, "baseline", seed, 1.0, False, "the baseline", host),
-        objective.baseline_value)
+        objective.baseline_value, *(searcher.baseline_params() or ()))
     searcher.setup(base_m, objective, ledger)
     progress.trial(baseline, None)
     attrs = {"strategy": name, "seed": seed, "host": host}

@@ -6,6 +6,7 @@ from autotune.measure import Measurement
 from autotune.objective import Objective
 from autotune.plan import Candidate, Plan, session_settings
 from autotune.space import Choice, SearchSpace
+from autotune.store import RunStore
 from autotune.strategies import NAMES
 from autotune.tune import tune
 
@@ -133,3 +134,27 @@ def test_optuna_strategies_state_their_sampler_settings(w, tmp_path, name):
     settings = json.loads((tmp_path / name / "run.json").read_text())["strategy"]
     assert settings["name"] == name and settings["sampler"].endswith("Sampler")
     assert settings["seed"] == 0 and settings["optuna"]
+
+
+def test_a_sampler_that_repeats_itself_gives_way_to_random_proposals(w, tmp_path, monkeypatch):
+    import optuna
+
+    def stuck(seed=0, **_):  # proposes the baseline, a repeat, every time
+        return optuna.samplers.PartialFixedSampler({c.key: 0 for c in SPACE.choices},
+                                                   optuna.samplers.RandomSampler(seed))
+
+    monkeypatch.setattr(optuna.samplers, "TPESampler", stuck)
+    result = _run(w, tmp_path, "tpe", budget=8, limit=1.0)
+    assert result.measurements_used == 8
+    assert len({t.plan.digest() for t in result.trials}) == 8
+    study = RunStore(tmp_path / "tpe").ledger().study
+    proposed = [t.user_attrs.get("proposed_by", "") for t in study.trials
+                if "measurement" in t.user_attrs and t.user_attrs["strategy"] == "tpe"]
+    assert len(proposed) == 8 and all(p.startswith("random") for p in proposed)
+
+
+def test_the_baseline_trial_carries_parameters_so_multivariate_samplers_model_the_space(w, tmp_path):
+    _run(w, tmp_path, "tpe", budget=2)
+    study = RunStore(tmp_path / "tpe").ledger().study
+    baseline = next(t for t in study.trials if t.user_attrs["strategy"] == "baseline")
+    assert baseline.params == {c.key: 0 for c in SPACE.choices}

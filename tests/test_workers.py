@@ -59,8 +59,9 @@ def test_workers_share_a_study_in_postgresql(tmp_path, mlp_path):
     for p in (tuner, others[0]):
         assert p.wait(timeout=600) == 0, (tmp_path / "tune.log").read_text()[-2000:]
     victim.wait()
-    for f in logs.values():
+    for name, f in logs.items():
         f.close()
+        print(f"--- {name}.log\n{(tmp_path / f'{name}.log').read_text()}")  # shown if it fails
 
     trials = optuna.load_study(study_name=study, storage=storage).get_trials()
     counted = [t for t in trials if t.user_attrs.get("claimed") and "skipped" not in t.user_attrs
