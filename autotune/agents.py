@@ -6,6 +6,9 @@ call `env.step` itself. The two meet in `_Bridge`, the environment's measurer: P
 thread of its own, and when an episode ends on a Plan not measured before, the bridge hands the
 Plan to the tuner (`ask`) and waits for its Measurement (`tell`). A Plan measured before is
 answered from memory, free, as the measurement cache would: only new Plans use the budget.
+
+`train` (`autotune agent train`) learns one policy over several models at once, on estimated
+measurements (`Surrogate`), for `tune --strategy ppo --policy` to start from.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from autotune.measure import Measurement
+from autotune.errors import ModelError
+from autotune.measure import Measurement, Protocol
 from autotune.objective import Objective
 from autotune.plan import Plan
 from autotune.space import SearchSpace
@@ -72,6 +76,7 @@ class PPO(Strategy):
                       "gamma": 1.0, "gae_lambda": 0.95, "ent_coef": 0.01, "learning_rate": 3e-4}
         self.bridge = _Bridge()
         self.thread: threading.Thread | None = None
+        self.pending: str | None = None  # the plan the learning thread waits to hear about
         self.error: BaseException | None = None
         self.seen.add(Plan().digest())
 
@@ -125,10 +130,15 @@ class PPO(Strategy):
                 raise self.error
             return None
         self.seen.add(plan.digest())
+        self.pending = plan.digest()
         return plan
 
     def _tell(self, plan: Plan, measurement: Measurement, score: float | None) -> None:
-        self.bridge.answers.put(measurement)
+        if plan.digest() == self.pending:  # the plan the learning thread waits for
+            self.pending = None
+            self.bridge.answers.put(measurement)
+        elif measurement.ok or not measurement.transient:  # a start point: known, for free
+            self.bridge.known[plan.digest()] = measurement
 
     def close(self) -> None:
         if self.thread is not None and self.thread.is_alive():
@@ -141,3 +151,117 @@ class PPO(Strategy):
     def settings(self) -> dict:
         return {**super().settings(), "algorithm": "MaskablePPO (sb3-contrib)",
                 "policy": str(self.policy) if self.policy else None, **self.hyper}
+
+
+# -- training one policy over several models, on estimates ---------------------------------
+
+
+class Surrogate:
+    """The measurer `autotune agent train` learns on: latency from the cost-model estimator
+    (`autotune.estimator`), accuracy from each lossy site's error measured once alone and
+    assumed to add up (and whole-model INT8's, measured once).
+
+    The errors are measured with a short timing protocol (only accuracy is used), through the
+    measurement cache. What it leaves out: quantizer settings (every site at the quantizer's
+    defaults), runtime settings and structural rewrites (estimated as the baseline), dynamic
+    INT8 (not faster in the estimate). A policy trained on it is refined by real measurements
+    (`tune --strategy ppo --policy`)."""
+
+    QUICK = Protocol(warmup_runs=1, min_runs=3, max_runs=3, min_seconds=0.0, max_seconds=2.0)
+
+    def __init__(self, workload: Any, space: SearchSpace, cache: Any = None,
+                 say=lambda text: None) -> None:
+        from autotune.estimator import Estimator, profile
+        from autotune.measure import Measurer
+        from autotune.plan import Quantization
+
+        say(f"{workload.name}: profiling FP32 and INT8 kernels (ORT's profiler)")
+        self.estimator = Estimator(profile(workload), space.sites)
+        quick = Measurer(workload, self.QUICK, cache)
+        self.baseline = quick.measure(Plan())
+        if not self.baseline.ok:
+            raise ModelError(f"{workload.name}: the model does not run as given "
+                             f"({self.baseline.reason})")
+        lossy = [(s.id, o) for s in space.sites if s.lossy for o in s.options[1:]]
+        say(f"{workload.name}: the accuracy cost of {len(lossy)} site option(s) alone, and of "
+            f"whole-model INT8")
+        self.errors = {(sid, o): self._drop(quick.measure(Plan(sites={sid: o})))
+                       for sid, o in lossy}
+        self.whole = self._drop(quick.measure(Plan(quantization=Quantization(mode="static"))))
+
+    def _drop(self, m: Measurement) -> float:
+        drop = Objective.accuracy_drop(m, self.baseline) if m.ok else None
+        return 1.0 if drop is None else max(0.0, drop)  # a site that fails is to be avoided
+
+    def measure(self, plan: Plan) -> Measurement:
+        base = self.baseline
+        if plan.quantization is not None and not plan.sites:
+            drop = self.whole
+        else:
+            drop = sum(self.errors.get(site, 0.0) for site in plan.sites)
+        speedup = self.estimator.speedup(plan)
+        base_ms = self.estimator.baseline_us / 1000
+        fidelity = base.metric == "fidelity"
+        return Measurement("ok", latency_ms=base_ms / speedup, baseline_ms=base_ms,
+                           speedup=speedup, speedup_ci=(speedup, speedup),
+                           peak_memory_mb=base.peak_memory_mb, model_size_mb=base.model_size_mb,
+                           accuracy=None if fidelity else (base.accuracy or 0.0) - drop,
+                           output_error=drop if fidelity else None, metric=base.metric,
+                           build_note="estimated (cost model and per-site errors)")
+
+
+# Many cheap episodes: longer rollouts and larger batches than PPO on real measurements.
+TRAIN_HYPER = {"n_steps": 256, "batch_size": 128, "n_epochs": 10, "gamma": 1.0,
+               "gae_lambda": 0.95, "ent_coef": 0.01, "learning_rate": 3e-4}
+
+
+def train(workloads: list, space: SearchSpace, out: Path, steps: int = 30_000, seed: int = 0,
+          max_accuracy_drop: float = 0.01, tensorboard: Path | None = None, cache: Any = None,
+          quiet: bool = False) -> list[dict[str, Any]]:
+    """Trains one MaskablePPO policy over `workloads` (one environment each, stepped together)
+    on `Surrogate` measurements and saves it to `out`. Returns, per workload, the trained
+    policy's own plan with its estimated speedup and accuracy drop."""
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from autotune.env import OnnxTuneEnv
+    from autotune.progress import Progress
+    from autotune.tune import sites_of
+
+    progress = Progress(steps, quiet=quiet)
+    envs = []
+    with progress:
+        for w in workloads:
+            bound = space.bind(sites_of(w)) if space.needs_sites else space
+            surrogate = Surrogate(w, bound, cache, say=progress.say)
+            envs.append(OnnxTuneEnv(w, bound, reward="log_speedup",
+                                    max_accuracy_drop=max_accuracy_drop, measurer=surrogate))
+
+        class Report(BaseCallback):
+            def _on_step(self) -> bool:
+                progress.done(self.num_timesteps)
+                return True
+
+        progress.status(f"training on {len(envs)} model(s)")
+        vec = DummyVecEnv([lambda e=e: e for e in envs])
+        model = MaskablePPO("MlpPolicy", vec, seed=seed, verbose=0, **TRAIN_HYPER,
+                            tensorboard_log=str(tensorboard) if tensorboard else None)
+        model.learn(total_timesteps=steps, callback=Report(),
+                    tb_log_name="agent-train" if tensorboard else "")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(out))
+    return [_own_plan(model, env) for env in envs]
+
+
+def _own_plan(model: Any, env: Any) -> dict[str, Any]:
+    """The policy's deterministic plan for `env`'s model, and what the surrogate says of it."""
+    obs, _ = env.reset()
+    done, info = False, {}
+    while not done:
+        action, _ = model.predict(obs, action_masks=env.action_masks(), deterministic=True)
+        obs, _, done, _, info = env.step(action)
+    m = Measurement.from_dict(info["measurement"])
+    return {"workload": env.workload.name, "plan": info["plan_summary"],
+            "estimated_speedup": m.speedup,
+            "estimated_accuracy_drop": Objective.accuracy_drop(m, env.measurer.baseline)}

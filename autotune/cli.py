@@ -95,6 +95,28 @@ def _parser() -> argparse.ArgumentParser:
                    help="measure it again (uncached) and say whether the state's reward lies "
                         "within the new reward's 95%% CI; exit 1 if not")
 
+    ag = sub.add_parser("agent", help="train an RL tuning policy over several models")
+    agsub = ag.add_subparsers(dest="agent_command", required=True)
+    at = agsub.add_parser(
+        "train", help="train one MaskablePPO policy over several models, on estimates",
+        description="Trains one policy over the given models on estimated measurements (the "
+                    "cost model for latency, each site's accuracy cost measured once alone), "
+                    "then apply it to a new model with `autotune tune --strategy ppo --policy "
+                    "POLICY.zip`, which refines it with real measurements.")
+    at.add_argument("--workloads", nargs="+", required=True, metavar="W",
+                    help="workload specs (envs/*.yaml), .onnx files or zoo:NAME")
+    at.add_argument("--out", required=True, type=Path, metavar="POLICY.zip")
+    at.add_argument("--search-space", default="cpu-int8",
+                    help="a name in search_spaces/ or a YAML path (default: cpu-int8)")
+    at.add_argument("--steps", type=int, default=30_000,
+                    help="environment steps over all models (default: 30000)")
+    at.add_argument("--max-accuracy-drop", type=float, default=0.01,
+                    help="top-1 loss (fraction) or fidelity output error allowed (default: 0.01)")
+    at.add_argument("--seed", type=int, default=0)
+    at.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
+                    help="write TensorBoard logs there (tensorboard --logdir DIR)")
+    at.add_argument("-q", "--quiet", action="store_true")
+
     v = sub.add_parser("verify", help="re-measure a tuned-model directory against the baseline")
     v.add_argument("directory", type=Path)
     _workload_args(v, model=False)
@@ -285,6 +307,35 @@ def _replay(args) -> int:
     return 1
 
 
+def _agent(args) -> int:
+    from autotune import space as spaces
+    from autotune import workload as workloads
+    from autotune.agents import train
+    from autotune.tune import default_cache
+
+    if args.steps < 1:
+        raise AutotuneError(f"--steps must be at least 1, got {args.steps}")
+    if args.tensorboard is not None:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise AutotuneError("--tensorboard needs the tensorboard package: "
+                                "pip install tensorboard") from None
+    space = spaces.load(args.search_space)
+    loaded = [workloads.load(workload=Path(w)) if w.endswith((".yaml", ".yml"))
+              else workloads.load(w) for w in args.workloads]
+    plans = train(loaded, space, args.out, steps=args.steps, seed=args.seed,
+                  max_accuracy_drop=args.max_accuracy_drop, tensorboard=args.tensorboard,
+                  cache=default_cache(), quiet=args.quiet)
+    print(f"wrote {args.out}; the trained policy's own plans (estimated):")
+    for p in plans:
+        print(f"  {p['workload']}: {p['estimated_speedup']:.2f}x, accuracy drop "
+              f"{p['estimated_accuracy_drop']:.4f}: {p['plan']}")
+    print(f"apply it: autotune tune MODEL --strategy ppo --policy {args.out} "
+          f"--search-space {args.search_space}")
+    return 0
+
+
 def _verify(args) -> int:
     from autotune import export
     from autotune import workload as workloads
@@ -299,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"zoo": _zoo, "tune": _tune, "worker": _worker, "sites": _sites,
-                "export": _export, "replay": _replay, "verify": _verify}[args.command](args)
+                "export": _export, "replay": _replay, "agent": _agent,
+                "verify": _verify}[args.command](args)
     except AutotuneError as exc:
         print(f"autotune: error: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ is kept. `benchmarks/estimator.py` reports its rank correlation with measured la
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -27,8 +28,12 @@ import numpy as np
 
 from autotune.plan import Plan
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 3
 _TRANSITIONS = ("QuantizeLinear", "DequantizeLinear")
+# Element-wise ops ORT fuses into the Conv / MatMul before them (or, in INT8, runs as QLinear
+# ops beside it): their kernels are charged to that node.
+_FUSED_AFTER = {"Relu", "Clip", "Add", "Sum", "BatchNormalization", "Sigmoid", "Mul", "HardSigmoid",
+                "HardSwish", "LeakyRelu", "Tanh"}
 
 
 @dataclass
@@ -38,8 +43,10 @@ class Profile:
     fp32: dict[str, float]  # quantizable node -> its kernels' time in the FP32 model
     int8: dict[str, float]  # quantizable node -> its kernels' time in the all-INT8 model
     other: float  # FP32 kernels no quantizable node owns
-    quantize_us_per_element: float
-    dequantize_us_per_element: float
+    other_int8: float  # the same in the all-INT8 model, Quantize/Dequantize aside
+    int8_s8: dict[str, float]  # the same as int8, with signed (int8) activations
+    other_int8_s8: float
+    transition_us_per_element: float  # a Quantize or Dequantize between FP32 and INT8 nodes
     inputs: dict[str, int]  # quantizable node -> elements of its activation input
     outputs: dict[str, int]  # quantizable node -> elements of its output
     upstream: dict[str, list[str]]  # nearest quantizable nodes before it ("" for a graph input)
@@ -47,6 +54,27 @@ class Profile:
 
     def to_json(self) -> str:
         return json.dumps({"version": PROFILE_VERSION, **asdict(self)})
+
+    def estimate_us(self, int8: set[str], activations: str = "uint8") -> float:
+        """Estimated microseconds per inference with `int8` nodes in INT8 (`activations`: the
+        activation type, uint8 or int8, whose kernels differ in speed), the rest FP32."""
+        signed = activations == "int8"
+        costs = self.int8_s8 if signed else self.int8
+        total = sum(costs[n] if n in int8 else self.fp32[n] for n in self.fp32)
+        converted = sum(self.fp32[n] for n in int8) / max(sum(self.fp32.values()), 1e-9)
+        other_int8 = self.other_int8_s8 if signed else self.other_int8
+        total += self.other + converted * (other_int8 - self.other)
+        return total + self.transition_us_per_element * self.transition_elements(int8)
+
+    def transition_elements(self, int8: set[str]) -> int:
+        """Elements quantized or dequantized where INT8 nodes meet FP32 ones (or the graph)."""
+        elements = 0
+        for n in int8:
+            if any(u not in int8 for u in self.upstream[n]):  # reads FP32: quantize first
+                elements += self.inputs[n]
+            if any(d not in int8 for d in self.downstream[n]):  # read by FP32: dequantize after
+                elements += self.outputs[n]
+        return elements
 
 
 def _kernel_times(model: Path, feed: dict[str, np.ndarray], runs: int) -> list[tuple[str, str, float, int]]:
@@ -79,14 +107,56 @@ def _kernel_times(model: Path, feed: dict[str, np.ndarray], runs: int) -> list[t
     return [(name, op, us / runs, elements) for (name, op), (us, elements) in total.items()]
 
 
-def _owner(name: str, nodes: list[str]) -> str | None:
-    """The quantizable node a kernel belongs to: same name, or the longest name it starts with
-    (ORT names a fusion `<first node>/<Fusion>`, and an activation fusion `fused <that>`)."""
-    while name.startswith("fused "):
-        name = name[len("fused "):]
-    if name in nodes:
-        return name
-    return max((n for n in nodes if name.startswith(n)), key=len, default=None)
+class _Attribution:
+    """Charges ORT's kernels to the model's quantizable nodes, by the names ORT gives them: a
+    node's own name, the name with a suffix (`_token_41` for a QLinearConv, `_nchwc`), a fused
+    node's first node (`<node>/<Fusion>`, `fused <node>`), or the tensor a fused kernel writes
+    (NCHWc convolutions are named after their output, a fused Relu's). From such a node, fused
+    element-wise ops (Relu, Add, BatchNormalization, ...) lead back to the Conv / MatMul / Gemm
+    they were fused into."""
+
+    def __init__(self, model, quantizable: list[str]) -> None:
+        self.nodes = {n.name: n for n in model.graph.node}
+        self.producer = {o: n for n in model.graph.node for o in n.output}
+        self.quantizable = set(quantizable)
+
+    def node(self, name: str):
+        while name.startswith("fused "):
+            name = name[len("fused "):]
+        for candidate in (name, re.sub(r"(_token_\d+|_nchwc)$", "", name)):
+            if candidate in self.nodes:
+                return self.nodes[candidate]
+            if candidate in self.producer:
+                return self.producer[candidate]
+        prefix = max((n for n in self.nodes if name.startswith(n)), key=len, default=None)
+        return self.nodes[prefix] if prefix else None
+
+    def owner(self, name: str, charged: dict[str, float]) -> str | None:
+        """The quantizable node the kernel `name` belongs to; of two (an Add after two
+        convolutions), the one not charged yet."""
+        frontier = [n] if (n := self.node(name)) is not None else []
+        for _ in range(4):
+            found = [n.name for n in frontier if n.name in self.quantizable]
+            if found:
+                return next((f for f in found if f not in charged), found[0])
+            frontier = [self.producer[i] for n in frontier if n.op_type in _FUSED_AFTER
+                        for i in n.input if i in self.producer]
+        return None
+
+    def charge(self, kernels) -> tuple[dict[str, float], float]:
+        """{quantizable node: microseconds} and the microseconds of the other kernels, Quantize
+        and Dequantize aside."""
+        costs: dict[str, float] = defaultdict(float)
+        other = 0.0
+        for name, op, us, _ in sorted(kernels, key=lambda k: k[1] in _FUSED_AFTER):
+            if op in _TRANSITIONS:
+                continue
+            owner = self.owner(name, costs)
+            if owner is None:
+                other += us
+            else:
+                costs[owner] += us
+        return costs, other
 
 
 def profile(workload, runs: int = 20) -> Profile:
@@ -102,6 +172,7 @@ def profile(workload, runs: int = 20) -> Profile:
         d.pop("version")
         return Profile(**d)
     from autotune.plan import Quantization, apply
+    from autotune.quantize import quantize_nodes
     from autotune.sites import _bind_inputs, _shapes, stable_names
 
     model = stable_names(onnx.load(str(workload.model_path)))
@@ -111,30 +182,24 @@ def profile(workload, runs: int = 20) -> Profile:
                    and any(i in weights for i in n.input[1:2])]
     with np.load(workload.data_file()) as f:
         feed = {k[5:]: f[k][0] for k in f.files if k.startswith("eval:")}
+    attribution = _Attribution(model, quantizable)
     with tempfile.TemporaryDirectory(prefix="autotune-profile-") as tmp:
         named = Path(tmp) / "named.onnx"
         onnx.save(model, named)
-        fp32 = _kernel_times(named, feed, runs)
+        fp32, other = attribution.charge(_kernel_times(named, feed, runs))
         built = apply(Plan(quantization=Quantization(mode="static")), named, workload.data_file(),
                       Path(tmp) / "int8", workload.shapes)
-        int8 = _kernel_times(built.model, feed, runs)
-    costs: dict[str, float] = defaultdict(float)
-    other = 0.0
-    for name, op, us, _ in fp32:
-        owner = _owner(name, quantizable)
-        if owner is None:
-            other += us
-        else:
-            costs[owner] += us
-    int8_costs: dict[str, float] = defaultdict(float)
-    q_us = q_el = dq_us = dq_el = 0.0
-    for name, op, us, elements in int8:
-        if op == "QuantizeLinear":
-            q_us, q_el = q_us + us, q_el + elements
-        elif op == "DequantizeLinear":
-            dq_us, dq_el = dq_us + us, dq_el + elements
-        elif (owner := _owner(name, quantizable)) is not None:
-            int8_costs[owner] += us
+        int8, other_int8 = attribution.charge(_kernel_times(built.model, feed, runs))
+        built = apply(Plan(quantization=Quantization(mode="static", activation_type="int8")),
+                      named, workload.data_file(), Path(tmp) / "int8-s8", workload.shapes)
+        int8_s8, other_int8_s8 = attribution.charge(_kernel_times(built.model, feed, runs))
+        # Every other node in INT8: many transitions, whose cost per element is what the
+        # kernels' total leaves over the per-node costs.
+        checker = sorted(quantizable[::2])
+        if len(quantizable) > 1:
+            quantize_nodes(named, Path(tmp) / "checker.onnx", Quantization(), checker,
+                           workload.data_file(), Path(tmp))
+            mixed = sum(k[2] for k in _kernel_times(Path(tmp) / "checker.onnx", feed, runs))
     nodes = list(model.graph.node)
     producer = {o: n for n in nodes for o in n.output}
     consumers: dict[str, list] = defaultdict(list)
@@ -171,15 +236,17 @@ def profile(workload, runs: int = 20) -> Profile:
 
     by_name = {n.name: n for n in nodes}
     p = Profile(
-        fp32={n: costs.get(n, 0.0) for n in quantizable},
-        int8={n: int8_costs.get(n, costs.get(n, 0.0)) for n in quantizable},
-        other=other,
-        quantize_us_per_element=q_us / q_el if q_el else 0.0,
-        dequantize_us_per_element=dq_us / dq_el if dq_el else 0.0,
+        fp32={n: fp32.get(n, 0.0) for n in quantizable},
+        int8={n: int8.get(n, fp32.get(n, 0.0)) for n in quantizable},
+        other=other, other_int8=other_int8, transition_us_per_element=0.0,
+        int8_s8={n: int8_s8.get(n, fp32.get(n, 0.0)) for n in quantizable},
+        other_int8_s8=other_int8_s8,
         inputs={n: int(np.prod(shapes.get(by_name[n].input[0], (0,)))) for n in quantizable},
         outputs={n: int(np.prod(shapes.get(by_name[n].output[0], (0,)))) for n in quantizable},
         upstream={n: walk([by_name[n].input[0]], back) for n in quantizable},
         downstream={n: walk(list(by_name[n].output), forward) for n in quantizable})
+    if len(quantizable) > 1 and (elements := p.transition_elements(set(checker))):
+        p.transition_us_per_element = max(0.0, (mixed - p.estimate_us(set(checker))) / elements)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(p.to_json())
     return p
@@ -199,18 +266,16 @@ class Estimator:
         return {n for sid in plan.int8_sites for n in self.site_nodes.get(sid, ())
                 if n in self.p.fp32}
 
-    def _us(self, int8: set[str]) -> float:
-        p = self.p
-        total = p.other + sum(p.int8[n] if n in int8 else p.fp32[n] for n in p.fp32)
-        for n in int8:
-            if any(u not in int8 for u in p.upstream[n]):  # reads FP32: quantize first
-                total += p.quantize_us_per_element * p.inputs[n]
-            if any(d not in int8 for d in p.downstream[n]):  # read by FP32: dequantize after
-                total += p.dequantize_us_per_element * p.outputs[n]
-        return total
+    def _us(self, int8: set[str], activations: str = "uint8") -> float:
+        return self.p.estimate_us(int8, activations)
+
+    @staticmethod
+    def activations(plan: Plan) -> str:
+        return plan.quantization.activation_type if plan.quantization is not None else "uint8"
 
     def latency_ms(self, plan: Plan) -> float:
-        return self._us(self.int8_nodes(plan)) / 1000
+        return self._us(self.int8_nodes(plan), self.activations(plan)) / 1000
 
     def speedup(self, plan: Plan) -> float:
-        return self.baseline_us / max(self._us(self.int8_nodes(plan)), 1e-9)
+        return self.baseline_us / max(self._us(self.int8_nodes(plan), self.activations(plan)),
+                                      1e-9)

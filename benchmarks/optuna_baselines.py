@@ -1,4 +1,5 @@
 """Optuna's samplers as baselines: TPE against random search, and a Pareto search.
+(PPO against random search on resnet18 is the same `samplers` run: see benchmarks/agents.py.)
 
     .venv/bin/python benchmarks/optuna_baselines.py samplers [--model resnet50]
         [--space cpu-int8] [--strategies random tpe] [--seeds 0 1 2] [--evaluations 100]
@@ -111,9 +112,9 @@ def samplers(args) -> None:
             print(f"  {strategy:8s} seed {seed}: {what}")
     means = {s: np.mean([best_after(t, args.evaluations) for t in by.values()])
              for s, by in results.items()}
-    if {"tpe", "random"} <= set(means):
-        verdict = "at least" if means["tpe"] >= means["random"] else "below"
-        print(f"\nTPE's mean best ({means['tpe']:.3f}) is {verdict} random search's "
+    for name in (s for s in means if s != "random" and "random" in means):
+        verdict = "at least" if means[name] >= means["random"] else "below"
+        print(f"\n{name}'s mean best ({means[name]:.3f}) is {verdict} random search's "
               f"({means['random']:.3f}).")
 
 

@@ -22,7 +22,7 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
 def test_readme_commands_and_loader_run(tmp_path):
     commands = [line[2:] for block in _blocks("console") for line in block.splitlines()
                 if line.startswith("$ autotune")]
-    assert len(commands) == 5
+    assert len(commands) == 7
     autotune = Path(sys.executable).parent / "autotune"
     for command in commands:
         argv = shlex.split(command)
