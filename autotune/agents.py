@@ -77,6 +77,7 @@ class PPO(Strategy):
         self.bridge = _Bridge()
         self.thread: threading.Thread | None = None
         self.pending: str | None = None  # the plan the learning thread waits to hear about
+        self.random = None  # proposes once the policy only repeats plans measured before
         self.error: BaseException | None = None
         self.seen.add(Plan().digest())
 
@@ -124,11 +125,17 @@ class PPO(Strategy):
         if self.thread is None:
             self.thread = threading.Thread(target=self._learn, daemon=True, name="ppo")
             self.thread.start()
+        if self.random is not None:  # the policy settled: random plans use the budget left
+            return self.random.ask()
         plan = self.bridge.requests.get()
         if plan is None:
             if self.error is not None:
                 raise self.error
-            return None
+            from autotune.strategies import RandomSearch
+
+            self.random = RandomSearch(self.space, self.seed)
+            self.random.seen |= self.seen | set(self.bridge.known)
+            return self.random.ask()
         self.seen.add(plan.digest())
         self.pending = plan.digest()
         return plan

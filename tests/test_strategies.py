@@ -158,3 +158,13 @@ def test_the_baseline_trial_carries_parameters_so_multivariate_samplers_model_th
     study = RunStore(tmp_path / "tpe").ledger().study
     baseline = next(t for t in study.trials if t.user_attrs["strategy"] == "baseline")
     assert baseline.params == {c.key: 0 for c in SPACE.choices}
+
+
+def test_ppo_uses_its_whole_budget_when_the_policy_stops_proposing(w, tmp_path, monkeypatch):
+    from autotune.agents import PPO
+
+    # A policy that settles at once (the learning thread ends with nothing new to propose).
+    monkeypatch.setattr(PPO, "_learn", lambda self: self.bridge.requests.put(None))
+    result = _run(w, tmp_path, "ppo", budget=8, limit=1.0)
+    assert result.measurements_used == 8
+    assert len({t.plan.digest() for t in result.trials}) == 8
