@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import ModelError
-from autotune.measure import Measurement, Protocol
+from autotune.measure import Measurement, Measurer, Protocol
 from autotune.objective import Objective
 from autotune.plan import Plan
 from autotune.space import SearchSpace
@@ -179,7 +179,6 @@ class Surrogate:
     def __init__(self, workload: Any, space: SearchSpace, cache: Any = None,
                  say=lambda text: None) -> None:
         from autotune.estimator import Estimator, profile
-        from autotune.measure import Measurer
         from autotune.plan import Quantization
 
         say(f"{workload.name}: profiling FP32 and INT8 kernels (ORT's profiler)")

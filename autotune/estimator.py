@@ -258,7 +258,7 @@ class Estimator:
     def __init__(self, profile: Profile, sites: list[Any] = ()) -> None:
         self.p = profile
         self.site_nodes = {s.id: s.nodes for s in sites}
-        self.baseline_us = self._us(set())
+        self.baseline_us = profile.estimate_us(set())
 
     def int8_nodes(self, plan: Plan) -> set[str]:
         if plan.quantization is not None and plan.quantization.mode == "static" and not plan.sites:
@@ -266,16 +266,12 @@ class Estimator:
         return {n for sid in plan.int8_sites for n in self.site_nodes.get(sid, ())
                 if n in self.p.fp32}
 
-    def _us(self, int8: set[str], activations: str = "uint8") -> float:
-        return self.p.estimate_us(int8, activations)
-
-    @staticmethod
-    def activations(plan: Plan) -> str:
-        return plan.quantization.activation_type if plan.quantization is not None else "uint8"
+    def _us(self, plan: Plan) -> float:
+        activations = plan.quantization.activation_type if plan.quantization else "uint8"
+        return self.p.estimate_us(self.int8_nodes(plan), activations)
 
     def latency_ms(self, plan: Plan) -> float:
-        return self._us(self.int8_nodes(plan), self.activations(plan)) / 1000
+        return self._us(plan) / 1000
 
     def speedup(self, plan: Plan) -> float:
-        return self.baseline_us / max(self._us(self.int8_nodes(plan), self.activations(plan)),
-                                      1e-9)
+        return self.baseline_us / max(self._us(plan), 1e-9)
