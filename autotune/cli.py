@@ -84,16 +84,42 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, default=None,
                    help="where to write it (default: RUN_DIR/pick-<PICK>)")
 
-    r = sub.add_parser("replay", help="rebuild the plan of a saved environment state, and "
-                                      "re-measure it",
-                       description="Rebuilds the Plan from the state's workload, search space and "
-                                   "actions (autotune.env.save_state writes one).")
+    r = sub.add_parser("replay", help="rebuild the plan of a saved environment state or of a "
+                                      "report's trial, and re-measure it",
+                       description="Rebuilds the Plan from an environment state's workload, "
+                                   "search space and actions (autotune.env.save_state writes "
+                                   "one), or from a trial file of a report (results/NAME/replay/).")
     r.add_argument("state", type=Path, metavar="STATE.json")
     r.add_argument("--out", type=Path, default=None,
                    help="write the candidate there: model.onnx, session.json, plan.json")
     r.add_argument("--validate", action="store_true",
-                   help="measure it again (uncached) and say whether the state's reward lies "
-                        "within the new reward's 95%% CI; exit 1 if not")
+                   help="measure it again (uncached) and say whether the state's reward (a "
+                        "trial's speedup) lies within the new 95%% CI; exit 1 if not")
+
+    ex = sub.add_parser("experiment", help="run a grid of workloads x strategies x seeds")
+    exsub = ex.add_subparsers(dest="experiment_command", required=True, metavar="ACTION")
+    er = exsub.add_parser("run", help="run (or resume) an experiment spec, cell by cell",
+                          description="Runs every cell of experiments/NAME.yaml not finished "
+                                      "yet, one `tune` run each, into --out; run it again "
+                                      "after a stop and it resumes where it was.")
+    er.add_argument("spec", type=Path, metavar="SPEC.yaml")
+    er.add_argument("--out", type=Path, default=None,
+                    help="the experiment directory (default: runs/<name>)")
+    er.add_argument("--dry-run", action="store_true",
+                    help="list the cells, what is done, and the time the rest should take")
+    er.add_argument("-q", "--quiet", action="store_true")
+
+    rp = sub.add_parser("report", help="tables, plots and a trial CSV of an experiment or run",
+                        description="Writes trials.csv, table.md, table.tex, provenance.md, "
+                                    "replay/*.json and the plots; given a report directory or "
+                                    "its trials.csv, rebuilds the rest from the CSV alone.")
+    rp.add_argument("source", type=Path, metavar="DIR",
+                    help="an experiment directory, a run directory, or a report's directory or "
+                         "trials.csv")
+    rp.add_argument("--out", type=Path, default=None,
+                    help="where to write (default: results/<name>, or the report's own "
+                         "directory)")
+    rp.add_argument("--no-plots", action="store_true", help="tables and CSV only")
 
     ag = sub.add_parser("agent", help="train an RL tuning policy over several models")
     agsub = ag.add_subparsers(dest="agent_command", required=True)
@@ -264,30 +290,23 @@ def _export(args) -> int:
 
 def _replay(args) -> int:
     import json
-    import shutil
-    import tempfile
     from dataclasses import replace
 
     from autotune.env import replay
-    from autotune.measure import Measurement, Measurer
+    from autotune.measure import Measurer
     from autotune.plan import Plan
 
     try:
         state = json.loads(args.state.read_text())
     except (OSError, ValueError) as exc:
         raise AutotuneError(f"cannot read {args.state}: {exc}") from None
+    if isinstance(state, dict) and "plan" in state and "actions" not in state:
+        return _replay_trial(args, state)
     w, plan, reward = replay(state)
     print(f"plan: {plan.describe()}")
     measurer = Measurer(w)
     if args.out is not None:
-        with tempfile.TemporaryDirectory(prefix="autotune-replay-") as tmp:
-            built = measurer.build(plan, Path(tmp))
-            if isinstance(built, Measurement):
-                raise AutotuneError(f"the plan does not build: {built.reason}")
-            args.out.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(built.model, args.out / "model.onnx")
-        (args.out / "session.json").write_text(json.dumps(built.settings, indent=2) + "\n")
-        (args.out / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+        _write_candidate(measurer, plan, args.out)
         print(f"candidate: {args.out}")
     if not args.validate:
         return 0
@@ -307,10 +326,92 @@ def _replay(args) -> int:
     return 1
 
 
+def _write_candidate(measurer, plan, out: Path) -> None:
+    """The candidate a plan builds: model.onnx, session.json, plan.json in `out`."""
+    import json
+    import shutil
+    import tempfile
+
+    from autotune.measure import Measurement
+
+    with tempfile.TemporaryDirectory(prefix="autotune-replay-") as tmp:
+        built = measurer.build(plan, Path(tmp))
+        if isinstance(built, Measurement):
+            raise AutotuneError(f"the plan does not build: {built.reason}")
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(built.model, out / "model.onnx")
+    (out / "session.json").write_text(json.dumps(built.settings, indent=2) + "\n")
+    (out / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+
+
+def _replay_trial(args, trial: dict) -> int:
+    """`autotune replay` of a report's trial file: rebuild the plan, and measure it again."""
+    from autotune import workload as workloads
+    from autotune.measure import Measurer
+    from autotune.plan import InvalidPlan, Plan
+
+    missing = [k for k in ("workload", "plan", "measured") if k not in trial]
+    if missing:
+        raise AutotuneError(f"{args.state}: not a report's trial file (no `{missing[0]}`)")
+    w = workloads.from_spec(trial["workload"])
+    if trial.get("workload_digest") and w.digest() != trial["workload_digest"]:
+        raise AutotuneError("the workload's model or data differ here from the trial's; replay "
+                            "needs the same files")
+    try:
+        plan = Plan.from_dict(trial["plan"])
+    except (InvalidPlan, TypeError, ValueError) as exc:
+        raise AutotuneError(f"{args.state}: its plan is not valid: {exc}") from None
+    src = trial.get("source", {})
+    print(f"plan: {plan.describe()}\n  from {src.get('experiment')} {src.get('cell')} "
+          f"trial {src.get('trial')}, measured on {src.get('cpu')}")
+    measurer = Measurer(w)
+    if args.out is not None:
+        _write_candidate(measurer, plan, args.out)
+        print(f"candidate: {args.out}")
+    if not args.validate:
+        return 0
+    m = measurer.measure(plan)
+    was = trial["measured"]["speedup"]
+    if not m.ok:
+        print(f"does not hold: the candidate failed now ({m.reason})")
+        return 1
+    lo, hi = m.speedup_ci
+    said = (f"speedup now {m.speedup:.3f} (95% CI {lo:.3f} to {hi:.3f}), the trial's "
+            f"{was:.3f}")
+    if lo - 1e-9 <= was <= hi + 1e-9:
+        print(f"holds: {said}")
+        return 0
+    print(f"does not hold: {said}")
+    return 1
+
+
+def _experiment(args) -> int:
+    from autotune import experiment
+
+    spec = experiment.load(args.spec)
+    out = args.out or Path("runs") / spec.name
+    if args.dry_run:
+        print("\n".join(experiment.plan_lines(spec, out)))
+        return 0
+    ran = experiment.run(spec, out, quiet=args.quiet)
+    print(f"{spec.name}: {len(experiment.cells(spec))} cells done ({len(ran)} run now) in "
+          f"{out}; tables: autotune report {out}")
+    return 0
+
+
+def _report(args) -> int:
+    from autotune.report import report
+
+    out = report(args.source, args.out, plot=not args.no_plots)
+    print(f"wrote {out}: trials.csv, table.md, table.tex, provenance.md, replay/"
+          + ("" if args.no_plots else ", best-so-far.png/.svg, pareto.png/.svg"))
+    return 0
+
+
 def _agent(args) -> int:
     from autotune import space as spaces
-    from autotune import workload as workloads
     from autotune.agents import train
+    from autotune.experiment import load_workload
     from autotune.tune import default_cache
 
     if args.steps < 1:
@@ -322,8 +423,7 @@ def _agent(args) -> int:
             raise AutotuneError("--tensorboard needs the tensorboard package: "
                                 "pip install tensorboard") from None
     space = spaces.load(args.search_space)
-    loaded = [workloads.load(workload=Path(w)) if w.endswith((".yaml", ".yml"))
-              else workloads.load(w) for w in args.workloads]
+    loaded = [load_workload(w) for w in args.workloads]
     plans = train(loaded, space, args.out, steps=args.steps, seed=args.seed,
                   max_accuracy_drop=args.max_accuracy_drop, tensorboard=args.tensorboard,
                   cache=default_cache(), quiet=args.quiet)
@@ -351,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"zoo": _zoo, "tune": _tune, "worker": _worker, "sites": _sites,
                 "export": _export, "replay": _replay, "agent": _agent,
-                "verify": _verify}[args.command](args)
+                "verify": _verify, "experiment": _experiment, "report": _report}[args.command](args)
     except AutotuneError as exc:
         print(f"autotune: error: {exc}", file=sys.stderr)
         return 2

@@ -54,8 +54,12 @@ class Progress:
 
     def trial(self, t: "Trial", best: "Trial | None") -> None:
         if best is not None:
-            self._best = f"best: {best.score:.2f}x (#{best.number})"
+            self.best(f"best: {best.score:.2f}x (#{best.number})")
         self.say(trial_line(t))
+
+    def best(self, text: str) -> None:
+        """What the bar says first: the best so far."""
+        self._best = text
 
     def done(self, measurements: int) -> None:
         """The budget used so far (by every worker of the study)."""

@@ -242,6 +242,18 @@ class Ledger:
         else:
             self.study.tell(otrial, value)
 
+    def set_aside_in_flight(self, reason: str) -> int:
+        """Closes every trial still open as not a measurement (`skipped`, with `reason`), so
+        that its plan may be measured again; for a study nobody else works on, whose worker
+        was killed. Returns how many."""
+        import optuna
+
+        open_ = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        for t in open_:
+            self.storage.set_trial_user_attr(t._trial_id, "skipped", reason)
+            self.study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        return len(open_)
+
     @contextmanager
     def heartbeat(self, otrial) -> Iterator[None]:
         """Beats for the Optuna trial while the block runs."""

@@ -57,11 +57,12 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
          command: list[str] | None = None, quiet: bool = False,
          measurer: Measurer | None = None, storage: str | None = None,
          study: str | None = None, heartbeat_seconds: int = 10,
-         policy: Path | None = None) -> TuneResult:
+         policy: Path | None = None, progress: Progress | None = None) -> TuneResult:
     """Tunes `workload` over `space`. `budget` counts real measurements beyond the baseline:
     cache hits are free, failed candidates count. The trials go into an Optuna study: SQLite at
     RUN_DIR/study.db, or the database at `storage`, where `autotune worker` processes on other
-    machines can join it (`join`). `measurer` replaces the real one (tests)."""
+    machines can join it (`join`). `measurer` replaces the real one (tests); `progress` shows
+    the run in a display of the caller's (an experiment's)."""
     out = Path(out)
     if budget < 0:
         raise UsageError(f"--budget must be >= 0, got {budget}")
@@ -77,7 +78,7 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
     if space.needs_sites:
         space = space.bind(sites_of(workload))
     measurer = measurer or Measurer(workload, protocol, cache)
-    progress = Progress(budget, quiet=quiet)
+    progress = progress or Progress(budget, quiet=quiet)
     for note in workload.notes:
         progress.say(f"[dim]{note}[/dim]")
 
@@ -113,20 +114,9 @@ def join(storage: str, study: str, *, cache: Cache | None = None, quiet: bool = 
     """Works on a study made by `tune` until its budget is used: the workload, space, strategy,
     objective and protocol come from the study, the measurements from this machine. Returns
     the trials this worker measured (its baseline not among them)."""
-    from autotune import workload as workloads
-
     ledger = Ledger.open(storage, study)
     info = ledger.info
-
-    w = workloads.from_spec(info["workload"])
-    if w.digest() != info["workload_digest"]:
-        raise ModelError(f"the workload differs on this machine from the study's (its model or "
-                         f"data files are not the same); give this machine the same files")
-    space = spaces.parse(info["search_space_spec"])
-    if space.needs_sites:
-        space = space.bind(sites_of(w))
-    objective = Objective(**info["objective"])
-    protocol = Protocol(**info["protocol"])
+    w, space, objective, protocol = _context(info)
     # Workers must not propose alike: each draws from its own seed, recorded in its trials.
     seed = int(hashlib.sha256(f"{info['seed']}:{worker_id()}".encode()).hexdigest()[:7], 16)
     measurer = measurer or Measurer(w, protocol, cache)
@@ -137,6 +127,57 @@ def join(storage: str, study: str, *, cache: Cache | None = None, quiet: bool = 
                                    info["strategy"].get("policy"))
         _work(ledger, searcher, measurer, base_m, objective, info["budget"], seed, progress)
     return ledger.trials(worker=worker_id())
+
+
+def resume(out: Path, *, cache: Cache | None = None, quiet: bool = False,
+           measurer: Measurer | None = None, progress: Progress | None = None) -> TuneResult:
+    """Finishes a run in RUN_DIR that was stopped (killed, interrupted) before its export. The
+    trial that was being measured is set aside (its plan may be measured again), every finished
+    trial stays, and the strategy goes on from the run's seed until the budget is used: a
+    seeded strategy proposes its earlier plans again, and those are answered from the ledger,
+    free. Only for a run's own study (SQLite in RUN_DIR): shared studies have workers."""
+    out = Path(out)
+    store = RunStore(out)
+    if not store.exists():
+        raise UsageError(f"{out} holds no run to resume (no run.json); start it with "
+                         f"`autotune tune`")
+    if store.run_info().get("storage"):
+        raise UsageError(f"{out}'s study is shared ({mask(store.run_info()['storage'])}): "
+                         f"finish it with `autotune worker`")
+    ledger = store.ledger()
+    info = ledger.info
+    w, space, objective, protocol = _context(info)
+    ledger.set_aside_in_flight("the run stopped during this measurement; measured again when "
+                               "proposed again")
+    measurer = measurer or Measurer(w, protocol, cache)
+    progress = progress or Progress(info["budget"], quiet=quiet)
+    with progress:
+        base_m = _measure_baseline(measurer, progress)
+        searcher = strategies.make(info["strategy"]["name"], space, info["seed"], w,
+                                   info["strategy"].get("policy"))
+        baseline = _work(ledger, searcher, measurer, base_m, objective, info["budget"],
+                         info["seed"], progress, store, resuming=True)
+        trials = [t for t in ledger.trials() if not t.is_baseline]
+        best = pick_best(trials, objective)
+        progress.status("exporting the tuned model")
+        shutil.rmtree(out / "best", ignore_errors=True)
+        export.write(out / "best", w, measurer, baseline, best, objective)
+    used = sum(not t.measurement.cached for t in trials)
+    return TuneResult(out, baseline, trials, best, used)
+
+
+def _context(info: dict[str, Any]) -> tuple[Workload, SearchSpace, Objective, Protocol]:
+    """The workload, bound space, objective and protocol a study's run info describes."""
+    from autotune import workload as workloads
+
+    w = workloads.from_spec(info["workload"])
+    if w.digest() != info["workload_digest"]:
+        raise ModelError("the workload differs on this machine from the study's (its model or "
+                         "data files are not the same); give this machine the same files")
+    space = spaces.parse(info["search_space_spec"])
+    if space.needs_sites:
+        space = space.bind(sites_of(w))
+    return w, space, Objective(**info["objective"]), Protocol(**info["protocol"])
 
 
 def _measure_baseline(measurer: Measurer, progress: Progress):
@@ -153,14 +194,15 @@ def _measure_baseline(measurer: Measurer, progress: Progress):
 
 def _work(ledger: Ledger, searcher: strategies.Strategy, measurer: Measurer, base_m,
           objective: Objective, budget: int, seed: int, progress: Progress,
-          store: RunStore | None = None) -> Trial:
+          store: RunStore | None = None, resuming: bool = False) -> Trial:
     """The loop every worker runs: propose, claim, measure, record, until the study's budget is
     used or the strategy has nothing new; then wait for other workers' trials in flight.
-    Returns this machine's baseline trial."""
+    Returns this machine's baseline trial (`resuming`: the one recorded before, if any)."""
     host = platform.node()
     me = worker_id()
     name = searcher.name
-    baseline = ledger.add_baseline(
+    earlier = [t for t in ledger.trials() if t.is_baseline and t.host == host] if resuming else []
+    baseline = earlier[0] if earlier else ledger.add_baseline(
         Trial(0, Plan(), base_m, "baseline", seed, 1.0, False, "the baseline", host),
         objective.baseline_value, *(searcher.baseline_params() or ()))
     searcher.setup(base_m, objective, ledger)
@@ -204,9 +246,8 @@ def _work(ledger: Ledger, searcher: strategies.Strategy, measurer: Measurer, bas
         try:
             with ledger.heartbeat(otrial):
                 m = measurer.measure(plan)
-        except BaseException:
-            ledger.record(otrial, Trial(otrial.number, plan, Measurement.failed(
-                "interrupted", transient=True), name, seed, None, False, "interrupted", host), None)
+        except BaseException:  # not the candidate's failure: its plan may be measured again
+            ledger.skip(otrial, "interrupted during the measurement")
             raise
         exportable, why = objective.verdict(m, base_m)
         trial = Trial(otrial.number, plan, m, name, seed, objective.score(m, base_m), exportable,
@@ -252,4 +293,4 @@ def _run_info(workload: Workload, space: SearchSpace, searcher: strategies.Strat
             "python": platform.python_version(), "machine": machine()}
 
 
-__all__ = ["tune", "join", "TuneResult", "pick_best", "default_cache"]
+__all__ = ["tune", "join", "resume", "TuneResult", "pick_best", "default_cache"]

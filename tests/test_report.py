@@ -1,0 +1,109 @@
+"""`autotune report`: the CSV, the tables built from it alone (byte for byte), provenance
+and replay files, plots; on an experiment measured by the deterministic fake."""
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from autotune import experiment, report
+from test_experiment import _fakes, _spec
+
+AUTOTUNE = Path(sys.executable).parent / "autotune"
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grid")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import mlp
+
+    mlp_path = mlp(tmp / "mlp.onnx")
+    spec = experiment.load(_spec(tmp, mlp_path, seeds=[0, 1, 2], budget=5))
+    out = tmp / "out"
+    experiment.run(spec, out, quiet=True, measurer_for=_fakes())
+    return out
+
+
+def _digests(d: Path) -> dict[str, str]:
+    return {p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_the_csv_has_every_trial_and_pandas_reads_it(grid, tmp_path):
+    out = report.report(grid, tmp_path / "r", plot=False)
+    df = pd.read_csv(out / "trials.csv")
+    assert list(df.columns) == list(report.COLUMNS)
+    assert df["cached"].dtype == bool and df["exportable"].dtype == bool
+    # presets one seed, random and tpe three: 7 cells, a baseline row each
+    assert (df["status"] == "baseline").sum() == 7
+    assert set(df["strategy"]) == {"presets", "random", "tpe"}
+    measured = df[(df["status"] != "baseline") & ~df["cached"]]
+    assert measured.groupby("cell").size().max() <= 5
+    assert df["workload_digest"].nunique() == 1 and df["plan"].str.startswith("{").all()
+
+
+def test_tables_say_what_the_trials_say(grid, tmp_path):
+    out = report.report(grid, tmp_path / "r", plot=False)
+    md = (out / "table.md").read_text()
+    # the fake: per-channel INT8 is 3x at -0.5 points, within the 1-point limit; every seed of
+    # every strategy measures it first (a start point of the space)
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "3.000 [3.000, 3.000]" in rows["random"] and "-0.50 pt" in rows["random"]
+    assert rows["random"].split("|")[2].strip() == "3"
+    assert "| presets | 1 | 3.000 |" in md
+    tex = (out / "table.tex").read_text()
+    assert "\\multicolumn{4}{c}{mlp}" in tex and "random & 3.000 [3.00, 3.00] & 1" in tex
+
+
+def test_the_csv_alone_regenerates_everything_byte_for_byte(grid, tmp_path):
+    first = report.report(grid, tmp_path / "r")
+    assert {"best-so-far.png", "best-so-far.svg", "pareto.png", "pareto.svg"} <= {
+        p.name for p in first.iterdir()}
+    before = _digests(first)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "trials.csv").write_bytes((first / "trials.csv").read_bytes())
+    proc = subprocess.run([str(AUTOTUNE), "report", str(copy)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert _digests(copy) == before
+
+
+def test_every_best_has_a_replay_file_that_rebuilds_its_plan(grid, tmp_path):
+    out = report.report(grid, tmp_path / "r", plot=False)
+    prov = (out / "provenance.md").read_text()
+    files = sorted((out / "replay").glob("*.json"))
+    assert [f.name for f in files] == sorted(
+        f"mlp--{s}--seed{n}.json" for s, seeds in (("presets", [0]), ("random", [0, 1, 2]),
+                                                   ("tpe", [0, 1, 2])) for n in seeds)
+    trial = json.loads(files[0].read_text())
+    assert trial["measured"]["speedup"] == 3.0 and trial["source"]["cell"] in prov
+    proc = subprocess.run([str(AUTOTUNE), "replay", str(files[0]), "--out", str(tmp_path / "c")],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "static INT8" in proc.stdout or "int8" in proc.stdout.lower()
+    assert (tmp_path / "c/model.onnx").is_file()
+
+
+def test_evaluations_to_near_best():
+    def row(i, speedup, ok=True):
+        return {"evaluation": i, "speedup": speedup, "score": speedup, "exportable": ok}
+
+    seed = report.Seed({}, [row(1, 0.9), row(2, 1.5, ok=False), row(3, 1.2), row(4, 1.21)])
+    assert seed.best_speedup() == 1.21
+    assert seed.curve(5) == [1.0, 1.0, 1.2, 1.21, 1.21]
+    assert seed.evaluations_to_near_best() == 3  # log 1.2 >= 0.95 log 1.21
+    assert report.Seed({}, [row(1, 0.8)]).evaluations_to_near_best() == 0
+
+
+@pytest.mark.parametrize("source, message", [("nowhere", "does not exist"),
+                                             (".", "neither an experiment")])
+def test_bad_sources_exit_2(tmp_path, source, message):
+    proc = subprocess.run([str(AUTOTUNE), "report", source], cwd=tmp_path, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
