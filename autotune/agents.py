@@ -166,20 +166,23 @@ class PPO(Strategy):
 class Surrogate:
     """The measurer `autotune agent train` learns on: latency from the cost-model estimator
     (`autotune.estimator`), accuracy from each lossy site's error measured once alone and
-    assumed to add up (and whole-model INT8's, measured once).
+    assumed to add up.
 
-    The errors are measured with a short timing protocol (only accuracy is used), through the
-    measurement cache. What it leaves out: quantizer settings (every site at the quantizer's
-    defaults), runtime settings and structural rewrites (estimated as the baseline), dynamic
-    INT8 (not faster in the estimate). A policy trained on it is refined by real measurements
-    (`tune --strategy ppo --policy`)."""
+    Quantizer settings (per-channel, calibration method, activation type) change INT8's error
+    far more than its speed: whole-model INT8 is measured once under every combination the
+    space offers, and per-site errors, measured at the quantizer's defaults, are scaled by how
+    much more or less error whole-model INT8 has under the plan's settings than under the
+    defaults. The errors are measured with a short timing protocol (only accuracy is used),
+    through the measurement cache. Left out: runtime settings and structural rewrites
+    (estimated as the baseline) and dynamic INT8 (not faster in the estimate). A policy
+    trained on it is refined by real measurements (`tune --strategy ppo --policy`)."""
 
     QUICK = Protocol(warmup_runs=1, min_runs=3, max_runs=3, min_seconds=0.0, max_seconds=2.0)
+    SETTINGS = ("per_channel", "calibration", "activation_type")
 
     def __init__(self, workload: Any, space: SearchSpace, cache: Any = None,
                  say=lambda text: None) -> None:
         from autotune.estimator import Estimator, profile
-        from autotune.plan import Quantization
 
         say(f"{workload.name}: profiling FP32 and INT8 kernels (ORT's profiler)")
         self.estimator = Estimator(profile(workload), space.sites)
@@ -189,22 +192,57 @@ class Surrogate:
             raise ModelError(f"{workload.name}: the model does not run as given "
                              f"({self.baseline.reason})")
         lossy = [(s.id, o) for s in space.sites if s.lossy for o in s.options[1:]]
+        settings = self.settings_of(space)
         say(f"{workload.name}: the accuracy cost of {len(lossy)} site option(s) alone, and of "
-            f"whole-model INT8")
+            f"whole-model INT8 under {len(settings)} quantizer setting(s)")
         self.errors = {(sid, o): self._drop(quick.measure(Plan(sites={sid: o})))
                        for sid, o in lossy}
-        self.whole = self._drop(quick.measure(Plan(quantization=Quantization(mode="static"))))
+        self.whole = {self._key(q): self._drop(quick.measure(Plan(quantization=q)))
+                      for q in settings}
+
+    @classmethod
+    def settings_of(cls, space: SearchSpace) -> list:
+        """Static INT8 under every combination of the settings the space chooses from, the
+        quantizer's defaults first."""
+        import itertools
+
+        from autotune.plan import InvalidPlan, Quantization
+
+        default = Quantization(mode="static")
+        offered = {c.key.split(".", 1)[1]: c.options for c in space.choices
+                   if c.key.startswith("quantization.") and c.key.split(".", 1)[1] in cls.SETTINGS}
+        combos = [default]
+        for values in itertools.product(*offered.values()):
+            try:
+                q = Quantization(mode="static", **dict(zip(offered, values)))
+            except InvalidPlan:
+                continue
+            if q not in combos:
+                combos.append(q)
+        return combos
+
+    @classmethod
+    def _key(cls, q) -> tuple:
+        from autotune.plan import Quantization
+
+        q = q if q is not None and q.mode == "static" else Quantization(mode="static")
+        return tuple(getattr(q, name) for name in cls.SETTINGS)
 
     def _drop(self, m: Measurement) -> float:
         drop = Objective.accuracy_drop(m, self.baseline) if m.ok else None
         return 1.0 if drop is None else max(0.0, drop)  # a site that fails is to be avoided
 
+    def accuracy_drop(self, plan: Plan) -> float:
+        default = self.whole[self._key(None)]
+        whole = self.whole.get(self._key(plan.quantization), default)
+        if plan.quantization is not None and not plan.sites:
+            return whole
+        scale = whole / default if default > 0 else 1.0
+        return scale * sum(self.errors.get(site, 0.0) for site in plan.sites)
+
     def measure(self, plan: Plan) -> Measurement:
         base = self.baseline
-        if plan.quantization is not None and not plan.sites:
-            drop = self.whole
-        else:
-            drop = sum(self.errors.get(site, 0.0) for site in plan.sites)
+        drop = self.accuracy_drop(plan)
         speedup = self.estimator.speedup(plan)
         base_ms = self.estimator.baseline_us / 1000
         fidelity = base.metric == "fidelity"

@@ -9,21 +9,29 @@ from autotune import space as spaces
 from autotune import workload
 from autotune.agents import Surrogate, train
 from autotune.cli import main
-from autotune.plan import Plan
+from autotune.plan import Plan, Quantization
 from autotune.tune import sites_of
 from tests.conftest import mlp
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # sb3: small rollouts
 
 
+@pytest.fixture
+def cache():
+    """One measurement cache for the whole test session (the private one of conftest)."""
+    from autotune.tune import default_cache
+
+    return default_cache()
+
+
 def _bound(w):
     return spaces.load("cpu-int8").bind(sites_of(w))
 
 
-def test_the_surrogate_adds_up_the_errors_of_sites_measured_alone(mlp_path):
+def test_the_surrogate_adds_up_the_errors_of_sites_measured_alone(mlp_path, cache):
     w = workload.load(str(mlp_path))
     s = _bound(w)
-    surrogate = Surrogate(w, s)
+    surrogate = Surrogate(w, s, cache)
     lossy = [site.id for site in s.sites if site.lossy]
     assert lossy and set(surrogate.errors) == {(sid, "int8") for sid in lossy}
     both = surrogate.measure(Plan(sites={sid: "int8" for sid in lossy}))
@@ -35,12 +43,29 @@ def test_the_surrogate_adds_up_the_errors_of_sites_measured_alone(mlp_path):
     assert surrogate.measure(Plan()).speedup == pytest.approx(1.0)
 
 
-def test_one_policy_trains_over_two_models_and_tunes_a_third(tmp_path, mlp_path):
+def test_the_surrogate_scales_site_errors_by_the_quantizer_settings(mlp_path, cache):
+    w = workload.load(str(mlp_path))
+    s = _bound(w)
+    surrogate = Surrogate(w, s, cache)
+    # cpu-int8 offers per-channel x 3 calibrations x 2 activation types: each measured whole
+    assert len(surrogate.whole) == 12
+    default = surrogate.whole[(True, "minmax", "uint8")]
+    q = Quantization(mode="static", per_channel=False, calibration="percentile")
+    key = (False, "percentile", "uint8")
+    assert surrogate.accuracy_drop(Plan(quantization=q)) == surrogate.whole[key]
+    sid = next(site.id for site in s.sites if site.lossy)
+    alone = surrogate.errors[(sid, "int8")]
+    scaled = surrogate.accuracy_drop(Plan(quantization=q, sites={sid: "int8"}))
+    assert scaled == pytest.approx(alone * surrogate.whole[key] / default)
+    assert surrogate.accuracy_drop(Plan(sites={sid: "int8"})) == pytest.approx(alone)
+
+
+def test_one_policy_trains_over_two_models_and_tunes_a_third(tmp_path, mlp_path, cache):
     other = mlp(tmp_path / "other.onnx", seed=1)
     policy = tmp_path / "policy.zip"
     plans = train([workload.load(str(mlp_path)), workload.load(str(other))],
                   spaces.load("cpu-int8"), policy, steps=256, quiet=True,
-                  tensorboard=tmp_path / "tb")
+                  tensorboard=tmp_path / "tb", cache=cache)
     assert policy.is_file() and len(plans) == 2
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))  # the training curves
     assert all(p["estimated_speedup"] > 0 and p["estimated_accuracy_drop"] >= 0 for p in plans)
