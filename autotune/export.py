@@ -137,6 +137,9 @@ def _acc(s: dict[str, Any], metric: str) -> str:
 
 
 
+AS_MEASURED_PROCESSES = 3  # fresh processes that time a point kept as measured
+
+
 def verify(directory: Path, workload: "Workload | None" = None,
            protocol: Protocol = Protocol()) -> tuple[bool, str]:
     """Re-measures a tuned-model directory against the baseline, interleaved, and re-checks
@@ -168,14 +171,25 @@ def verify(directory: Path, workload: "Workload | None" = None,
     claim = report.get("claim") or ("smaller" if report["objective"]["target"] == "memory"
                                     else "faster")
     if report["tuned"] and claim == "as-measured":
+        # A point kept for what it is (any point of a Pareto front) must still be what the run
+        # measured. Some settings (threads, memory arena) move latency 10-50% from one process
+        # to the next, more than any one process's CI shows: so it is timed in more fresh
+        # processes, and the run's figure must lie within their spread, widened by 10%.
+        more = [Measurer(workload, protocol).measure_built(directory / "model.onnx", settings)
+                for _ in range(AS_MEASURED_PROCESSES - 1)]
+        runs = [m] + [x for x in more if x.ok]
+        speeds = sorted(x.speedup for x in runs)
+        peaks = sorted(x.peak_memory_mb for x in runs if x.peak_memory_mb)
         was_speed, was_peak = report["speedup"], report["candidate"]["peak_memory_mb"]
-        if abs(m.speedup / was_speed - 1) > 0.1:
-            return False, f"failed: {speed}, the run measured {was_speed:.2f}x; {what} {drop:.4f}"
-        if m.peak_memory_mb and was_peak and abs(m.peak_memory_mb / was_peak - 1) > 0.1:
-            return False, (f"failed: peak memory {m.peak_memory_mb:.1f} MB, the run measured "
-                           f"{was_peak:.1f} MB")
-        speed += (f" (the run: {was_speed:.2f}x), peak memory {m.peak_memory_mb:.1f} MB "
-                  f"(the run: {was_peak:.1f} MB)")
+        spread = ", ".join(f"{x:.2f}x" for x in speeds)
+        if not speeds[0] / 1.1 <= was_speed <= speeds[-1] * 1.1:
+            return False, (f"failed: speedup {spread} in {len(runs)} fresh processes, the run "
+                           f"measured {was_speed:.2f}x; {what} {drop:.4f}")
+        if peaks and was_peak and not peaks[0] / 1.1 <= was_peak <= peaks[-1] * 1.1:
+            return False, (f"failed: peak memory {', '.join(f'{x:.1f}' for x in peaks)} MB in "
+                           f"{len(runs)} fresh processes, the run measured {was_peak:.1f} MB")
+        speed = (f"speedup {spread} in {len(runs)} fresh processes (the run: {was_speed:.2f}x), "
+                 f"peak memory {m.peak_memory_mb:.1f} MB (the run: {was_peak:.1f} MB)")
     if report["tuned"] and claim == "faster" and lo <= 1.0:
         return False, f"failed: no longer faster than ORT_ENABLE_ALL: {speed}; {what} {drop:.4f}"
     if report["tuned"] and claim == "smaller":

@@ -250,7 +250,8 @@ def strategies_of(grouped) -> list[str]:
 @dataclass
 class Summary:
     speedup: tuple[float, float | None, float | None]
-    evaluations: float  # median over seeds
+    evaluations: float | None  # median over the seeds that beat the baseline; None if none did
+    beat: int  # seeds whose best beat the baseline
     accuracy: float | None  # mean change: top-1 points (+ better), or the output error
     memory: float | None  # mean peak-memory change, fraction (- is less)
     metric: str
@@ -270,10 +271,15 @@ def summarize(seeds: dict[int, Seed]) -> Summary:
             acc.append(b["accuracy_drop"] if metric == "fidelity" else -b["accuracy_drop"])
         if b["peak_memory_mb"] and b["baseline_peak_memory_mb"]:
             mem.append(b["peak_memory_mb"] / b["baseline_peak_memory_mb"] - 1)
+    found = [s.evaluations_to_near_best() for s, b in zip(seeds.values(), bests) if b is not None]
     return Summary(interval([s.best_speedup() for s in seeds.values()]),
-                   float(np.median([s.evaluations_to_near_best() for s in seeds.values()])),
+                   float(np.median(found)) if found else None, len(found),
                    float(np.mean(acc)) if acc else None, float(np.mean(mem)) if mem else None,
                    metric, len(seeds))
+
+
+def _evals_text(s: Summary, latex: bool = False) -> str:
+    return ("--" if latex else "-") if s.evaluations is None else f"{s.evaluations:g}"
 
 
 # -- tables -------------------------------------------------------------------------------
@@ -305,8 +311,10 @@ def _legend(rows: list[dict[str, Any]]) -> str:
     r = rows[0]
     budget = r["budget"]
     return (f"Best speedup over ORT_ENABLE_ALL within the accuracy limit "
-            f"({r['max_accuracy_drop']:g}), mean and 95% t-interval over seeds; evals: median "
-            f"evaluations until a seed's best was within 5% of its final gain; accuracy "
+            f"({r['max_accuracy_drop']:g}), mean and 95% t-interval over seeds (1.000: the "
+            f"baseline, nothing qualified); beat: the seeds whose best beat the baseline; "
+            f"evals: of those, the median evaluations until the best was within 5% of its final "
+            f"gain (log speedup); accuracy "
             f"(top-1 points, or the output error for fidelity workloads) and peak memory of the "
             f"best plans against the baseline. Search space {r['search_space']}, {budget} real "
             f"measurements per run (cache hits are free); a strategy that draws no random "
@@ -320,14 +328,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for w, per in grouped.items():
         metric = next(iter(next(iter(per.values())).values())).baseline["metric"]
         out += [f"## {w} ({'fidelity' if metric == 'fidelity' else 'top-1'})", "",
-                "| strategy | seeds | speedup | evals | accuracy | peak memory |",
-                "|---|---:|---|---:|---:|---:|"]
+                "| strategy | seeds | speedup | beat | evals | accuracy | peak memory |",
+                "|---|---:|---|---:|---:|---:|---:|"]
         for name in names:
             if name not in per:
                 continue
             s = summarize(per[name])
-            out.append(f"| {name} | {s.seeds} | {_speedup_text(s)} | {s.evaluations:g} | "
-                       f"{_accuracy_text(s)} | {_memory_text(s)} |")
+            out.append(f"| {name} | {s.seeds} | {_speedup_text(s)} | {s.beat}/{s.seeds} | "
+                       f"{_evals_text(s)} | {_accuracy_text(s)} | {_memory_text(s)} |")
         out.append("")
     return "\n".join(out)
 
@@ -352,7 +360,7 @@ def latex(rows: list[dict[str, Any]]) -> str:
             s = summarize(grouped[w][name])
             mean, lo, hi = s.speedup
             sp = f"{mean:.3f}" if lo is None else f"{mean:.3f} [{lo:.2f}, {hi:.2f}]"
-            cells += [sp, f"{s.evaluations:g}", _accuracy_text(s, True), _memory_text(s, True)]
+            cells += [sp, _evals_text(s, True), _accuracy_text(s, True), _memory_text(s, True)]
         lines.append(f"{_tex(name)} & " + " & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", ""]
     return "\n".join(lines)
@@ -443,7 +451,7 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
                 from scipy import stats
 
                 half = stats.t.ppf(0.975, len(curves) - 1) * stats.sem(curves, axis=0)
-                ax.fill_between(x, mean - half, mean + half, color=colors[name], alpha=0.15,
+                ax.fill_between(x, mean - half, mean + half, color=colors[name], alpha=0.08,
                                 step="post", linewidth=0)
         ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
         ax.set_title(w)
@@ -470,14 +478,17 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         mem = np.array([p[2] for p in points])
         sc = ax.scatter(drops, speed, c=mem, cmap="viridis", s=14, alpha=0.7,
                         vmin=min(-0.5, float(np.nanmin(mem))), vmax=max(0.1, float(np.nanmax(mem))))
-        front = _front(points)
-        ax.plot([p[0] for p in front], [p[1] for p in front], color="crimson", marker="o",
-                markersize=4, linewidth=1.2, label="Pareto front (speedup, accuracy, memory)")
-        limit = per[next(iter(per))][next(iter(per[next(iter(per))]))].baseline
-        ax.axvline(limit["max_accuracy_drop"], color="grey", linestyle="--", linewidth=0.8,
+        flat = _front([(p[0], p[1], 0.0) for p in points])  # speedup against accuracy alone
+        ax.plot([p[0] for p in flat], [p[1] for p in flat], color="crimson", linewidth=1.2,
+                drawstyle="steps-post", label="front: speedup, accuracy")
+        full = _front(points)
+        ax.scatter([p[0] for p in full], [p[1] for p in full], s=30, facecolors="none",
+                   edgecolors="crimson", linewidths=1.0, label="front: + peak memory")
+        base = next(iter(next(iter(per.values())).values())).baseline
+        ax.axvline(base["max_accuracy_drop"], color="grey", linestyle="--", linewidth=0.8,
                    label="accuracy limit")
         ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
-        metric = limit["metric"]
+        metric = base["metric"]
         ax.set_xlabel("output error" if metric == "fidelity" else "top-1 loss (fraction)")
         ax.set_title(w)
         ax.grid(alpha=0.3)
@@ -485,7 +496,7 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     axes[0][0].set_ylabel("speedup (x ORT_ENABLE_ALL)")
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.suptitle("Speedup against accuracy loss, every measured trial (colour: peak memory), "
-                 "with the Pareto front", fontsize=10)
+                 "with the Pareto fronts", fontsize=10)
     fig.tight_layout()
     written += _save(fig, out / "pareto")
     plt.close("all")

@@ -68,3 +68,36 @@ def test_a_pareto_run_keeps_its_front_and_exports_each_point(mlp_path, tmp_path,
 def test_export_of_something_that_is_not_a_run_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["export", str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+class _Processes:
+    """Stands in for the Measurer of `verify`: each fresh process measures the next speedup."""
+
+    def __init__(self, speeds):
+        self.speeds = list(speeds)
+
+    def __call__(self, workload, protocol):
+        return self
+
+    def measure_built(self, model, settings):
+        s = self.speeds.pop(0)
+        return Measurement("ok", speedup=s, speedup_ci=(s * 0.98, s * 1.02), peak_memory_mb=50.0,
+                           output_error=0.001, metric="fidelity", accuracy=1.0)
+
+
+@pytest.mark.parametrize("speeds, passed", [((0.43, 0.47, 0.52), True),
+                                            ((0.40, 0.41, 0.42), False),
+                                            ((0.60, 0.45, 0.44), True)])
+def test_a_point_kept_as_measured_is_judged_by_the_spread_of_fresh_processes(
+        tmp_path, monkeypatch, mlp_path, speeds, passed):
+    from autotune import export
+
+    for name in export.FILES:
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "report.json").write_text(json.dumps({
+        "objective": {"max_accuracy_drop": 0.005, "target": "pareto"}, "claim": "as-measured",
+        "tuned": True, "speedup": 0.5, "candidate": {"peak_memory_mb": 50.0}}))
+    monkeypatch.setattr(export, "Measurer", _Processes(speeds))
+    ok, message = export.verify(tmp_path, workload.load(str(mlp_path)))
+    assert ok is passed, message
+    assert "3 fresh processes" in message

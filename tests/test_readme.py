@@ -22,7 +22,11 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
 def test_readme_commands_and_loader_run(tmp_path):
     commands = [line[2:] for block in _blocks("console") for line in block.splitlines()
                 if line.startswith("$ autotune")]
-    assert len(commands) == 7
+    assert len(commands) == 10
+    import shutil
+
+    for folder in ("envs", "experiments"):  # the experiment example reads them, relative
+        shutil.copytree(README.parent / folder, tmp_path / folder)
     autotune = Path(sys.executable).parent / "autotune"
     for command in commands:
         argv = shlex.split(command)
@@ -30,6 +34,7 @@ def test_readme_commands_and_loader_run(tmp_path):
                               text=True, stdin=subprocess.DEVNULL)
         assert proc.returncode == 0, f"{command}: {proc.stderr[-2000:]}"
     assert (tmp_path / "runs/digits/best/model.onnx").exists()
+    assert (tmp_path / "results/smoke/table.md").read_text().count("| random | 2 |") == 1
     loader = next(b for b in _blocks("python") if "InferenceSession" in b)
     scope = {}
     import os
