@@ -218,7 +218,8 @@ def _work(ledger: Ledger, searcher: strategies.Strategy, measurer: Measurer, bas
             break
         plan = searcher.ask()
         if plan is None:
-            progress.say("the strategy has nothing new to propose: the space is exhausted")
+            progress.say(f"{name} has nothing new to propose (its plans, or the space, are "
+                         f"exhausted)")
             break
         otrial = searcher.open_trial()
         verdict, other = ledger.claim(otrial, plan, budget, attrs)
