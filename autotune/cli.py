@@ -353,10 +353,7 @@ def _replay_trial(args, trial: dict) -> int:
     missing = [k for k in ("workload", "plan", "measured") if k not in trial]
     if missing:
         raise AutotuneError(f"{args.state}: not a report's trial file (no `{missing[0]}`)")
-    w = workloads.from_spec(trial["workload"])
-    if trial.get("workload_digest") and w.digest() != trial["workload_digest"]:
-        raise AutotuneError("the workload's model or data differ here from the trial's; replay "
-                            "needs the same files")
+    w = workloads.from_spec(trial["workload"], trial.get("workload_digest"))
     try:
         plan = Plan.from_dict(trial["plan"])
     except (InvalidPlan, TypeError, ValueError) as exc:

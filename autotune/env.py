@@ -299,10 +299,7 @@ def replay(state: dict[str, Any]):
     if missing:
         raise UsageError(f"not an environment state: no `{missing[0]}` (write one with "
                          f"autotune.env.save_state)")
-    w = workloads.from_spec(state["workload"])
-    if state.get("workload_digest") and w.digest() != state["workload_digest"]:
-        raise UsageError("the workload's model or data differ here from the state's; replay needs "
-                         "the same files")
+    w = workloads.from_spec(state["workload"], state.get("workload_digest"))
     space = spaces.parse(state["search_space"])
     space = space.bind(sites_of(w)) if space.needs_sites else space
     if len(state["actions"]) > len(space.choices):

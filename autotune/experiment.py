@@ -78,10 +78,6 @@ class Spec:
     protocol: Protocol
     policies: tuple[PolicySpec, ...]
 
-    @property
-    def objective_(self) -> Objective:
-        return Objective(target=self.objective, max_accuracy_drop=self.max_accuracy_drop)
-
 
 @dataclass(frozen=True)
 class Cell:
@@ -299,11 +295,10 @@ def _duration(seconds: float) -> str:
 # -- running ------------------------------------------------------------------------------
 
 
-def run(spec: Spec, out: Path, *, quiet: bool = False, measurer_for: Callable | None = None,
-        train_policy: Callable | None = None) -> list[Cell]:
+def run(spec: Spec, out: Path, *, quiet: bool = False,
+        measurer_for: Callable | None = None) -> list[Cell]:
     """Runs every cell of the grid not finished yet; returns the cells run (or resumed).
-    `measurer_for(workload, protocol, cache)` and `train_policy(spec, policy, out)` replace the
-    real ones (tests)."""
+    `measurer_for(workload, protocol, cache)` replaces the real measurer (tests)."""
     from autotune import space as spaces
     from autotune import tune as tuning
 
@@ -312,12 +307,13 @@ def run(spec: Spec, out: Path, *, quiet: bool = False, measurer_for: Callable | 
     out.mkdir(parents=True, exist_ok=True)
     _write_spec(spec, out)
     cache = Cache(out / "measurements.sqlite")
-    display = GridProgress(spec.budget, grid, out, quiet)
+    display = GridProgress(spec.budget, grid, quiet)
+    objective = Objective(target=spec.objective, max_accuracy_drop=spec.max_accuracy_drop)
     ran = []
     with display:
         policies = {}
         for p in spec.policies:
-            policies[p.key] = _policy(spec, p, out, cache, display, train_policy)
+            policies[p.key] = _policy(spec, p, out, cache, display)
         loaded: dict[str, Any] = {}
         space = spaces.load(spec.search_space)
         for cell in grid:
@@ -340,7 +336,7 @@ def run(spec: Spec, out: Path, *, quiet: bool = False, measurer_for: Callable | 
             else:
                 shutil.rmtree(d, ignore_errors=True)  # stopped before it recorded anything
                 result = tuning.tune(w, space, strategy=cell.arm.name, budget=spec.budget,
-                                     objective=spec.objective_, seed=cell.seed, out=d,
+                                     objective=objective, seed=cell.seed, out=d,
                                      protocol=spec.protocol, cache=cache, measurer=measurer,
                                      policy=policy, progress=display,
                                      command=["autotune", "experiment", "run", str(spec.path)])
@@ -362,23 +358,20 @@ def _write_spec(spec: Spec, out: Path) -> None:
     (out / "experiment.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _policy(spec: Spec, p: PolicySpec, out: Path, cache: Cache, display: GridProgress,
-            train_policy: Callable | None) -> Path:
+def _policy(spec: Spec, p: PolicySpec, out: Path, cache: Cache, display: GridProgress) -> Path:
+    """The policy `p`, trained once (on estimates) into OUT/policies/<key>.zip."""
+    from autotune import agents
+    from autotune import space as spaces
+
     target = out / "policies" / f"{p.key}.zip"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     display.status(f"training policy {p.key} ({p.steps} steps, on estimates)")
     partial = target.with_name(f"{p.key}.partial.zip")
-    if train_policy is not None:
-        plans = train_policy(spec, p, partial)
-    else:
-        from autotune import agents
-        from autotune import space as spaces
-
-        plans = agents.train([load_workload(w) for w in p.workloads], spaces.load(p.search_space), partial, steps=p.steps,
-                             seed=p.seed, max_accuracy_drop=spec.max_accuracy_drop,
-                             cache=cache, quiet=True)
+    plans = agents.train([load_workload(w) for w in p.workloads], spaces.load(p.search_space),
+                         partial, steps=p.steps, seed=p.seed,
+                         max_accuracy_drop=spec.max_accuracy_drop, cache=cache, quiet=True)
     (target.with_suffix(".json")).write_text(json.dumps(plans, indent=2) + "\n")
     partial.replace(target)
     for plan in plans:
@@ -391,10 +384,10 @@ class GridProgress:
     """One bar over the grid's measurements, one line per cell; stands in for a run's own
     `Progress` while the run is a cell of the grid."""
 
-    def __init__(self, budget: int, grid: list[Cell], out: Path, quiet: bool) -> None:
+    def __init__(self, budget: int, grid: list[Cell], quiet: bool) -> None:
         from autotune.progress import Progress
 
-        self.budget, self.out = budget, out
+        self.budget = budget
         self.bar = Progress(budget * len(grid), quiet=quiet)
         self.offset = 0
         self.index = {c: i + 1 for i, c in enumerate(grid)}

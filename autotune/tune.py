@@ -101,12 +101,7 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
                          f"autotune worker --storage URL --study {study}")
         baseline = _work(ledger, searcher, measurer, base_m, objective, budget, seed, progress,
                          store)
-        trials = [t for t in ledger.trials() if not t.is_baseline]
-        best = pick_best(trials, objective)
-        progress.status("exporting the tuned model")
-        export.write(out / "best", workload, measurer, baseline, best, objective)
-    used = sum(not t.measurement.cached for t in trials)
-    return TuneResult(out, baseline, trials, best, used)
+        return _export_best(out, ledger, workload, measurer, baseline, objective, progress)
 
 
 def join(storage: str, study: str, *, cache: Cache | None = None, quiet: bool = False,
@@ -157,11 +152,17 @@ def resume(out: Path, *, cache: Cache | None = None, quiet: bool = False,
                                    info["strategy"].get("policy"))
         baseline = _work(ledger, searcher, measurer, base_m, objective, info["budget"],
                          info["seed"], progress, store, resuming=True)
-        trials = [t for t in ledger.trials() if not t.is_baseline]
-        best = pick_best(trials, objective)
-        progress.status("exporting the tuned model")
-        shutil.rmtree(out / "best", ignore_errors=True)
-        export.write(out / "best", w, measurer, baseline, best, objective)
+        shutil.rmtree(out / "best", ignore_errors=True)  # an export the stop cut short
+        return _export_best(out, ledger, w, measurer, baseline, objective, progress)
+
+
+def _export_best(out: Path, ledger: Ledger, workload: Workload, measurer: Measurer,
+                 baseline: Trial, objective: Objective, progress: Progress) -> TuneResult:
+    """RUN_DIR/best/: the best exportable trial of the study, or the baseline configuration."""
+    trials = [t for t in ledger.trials() if not t.is_baseline]
+    best = pick_best(trials, objective)
+    progress.status("exporting the tuned model")
+    export.write(out / "best", workload, measurer, baseline, best, objective)
     used = sum(not t.measurement.cached for t in trials)
     return TuneResult(out, baseline, trials, best, used)
 
@@ -170,10 +171,7 @@ def _context(info: dict[str, Any]) -> tuple[Workload, SearchSpace, Objective, Pr
     """The workload, bound space, objective and protocol a study's run info describes."""
     from autotune import workload as workloads
 
-    w = workloads.from_spec(info["workload"])
-    if w.digest() != info["workload_digest"]:
-        raise ModelError("the workload differs on this machine from the study's (its model or "
-                         "data files are not the same); give this machine the same files")
+    w = workloads.from_spec(info["workload"], info["workload_digest"])
     space = spaces.parse(info["search_space_spec"])
     if space.needs_sites:
         space = space.bind(sites_of(w))

@@ -392,6 +392,12 @@ def _show(dims) -> str:
     return "[" + ", ".join(str(d) if isinstance(d, int) and d > 0 else (d or "?") for d in dims) + "]"
 
 
-def from_spec(spec: dict[str, Any]) -> Workload:
-    """The workload a `Workload.spec()` describes (as stored in run and report files)."""
-    return load(workload=spec)
+def from_spec(spec: dict[str, Any], digest: str | None = None) -> Workload:
+    """The workload a `Workload.spec()` describes (as stored in run and report files); with
+    `digest`, it must also have the recorded content (the same model and data files)."""
+    w = load(workload=spec)
+    if digest and w.digest() != digest:
+        raise WorkloadError(f"the workload `{w.name}` differs here from the one recorded (its "
+                            f"model or data files are not the same); give this machine the "
+                            f"same files")
+    return w

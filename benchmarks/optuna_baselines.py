@@ -33,11 +33,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from autotune import pareto, space, workload, zoo
 from autotune.measure import Cache, Protocol
 from autotune.objective import Objective
+from autotune.report import interval
 from autotune.store import RunStore, Trial
 from autotune.tune import tune
 
@@ -62,11 +62,8 @@ def best_after(trials: list[Trial], n: int) -> float:
 
 
 def _interval(values: list[float]) -> str:
-    mean = float(np.mean(values))
-    if len(values) < 2:
-        return f"{mean:.3f}"
-    half = stats.t.ppf(0.975, len(values) - 1) * stats.sem(values) if np.std(values) else 0.0
-    return f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
+    mean, lo, hi = interval(values)  # mean and 95% t-interval, as the report gives them
+    return f"{mean:.3f}" if lo is None else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def samplers(args) -> None:
