@@ -131,8 +131,13 @@ def test_cli_bad_spec_is_one_line_and_exit_2(tmp_path, mlp_path):
 
 
 def _open_trials(db: Path) -> int:
-    with sqlite3.connect(db) as con:
-        return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+    """Trials Optuna holds as RUNNING; 0 while the launcher is still creating the schema."""
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute(
+                "SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+    except sqlite3.OperationalError:  # no such table yet, or locked mid-migration
+        return 0
 
 
 def test_killing_the_launcher_and_running_it_again_finishes_the_grid(tmp_path, mlp_path):
