@@ -257,19 +257,30 @@ class Surrogate:
 # Many cheap episodes: longer rollouts and larger batches than PPO on real measurements.
 TRAIN_HYPER = {"n_steps": 256, "batch_size": 128, "n_epochs": 10, "gamma": 1.0,
                "gae_lambda": 0.95, "ent_coef": 0.01, "learning_rate": 3e-4}
+# The accuracy penalty's weight while training (objective.Lagrangian): from START, rising
+# linearly to END by RAMP of the steps, then held.
+PENALTY = {"start": 0.02, "end": 0.5, "ramp": 0.6}
+
+
+def penalty_weight(step: int, steps: int) -> float:
+    """The accuracy penalty's weight after `step` of `steps` training steps (PENALTY)."""
+    rise = min(1.0, step / max(PENALTY["ramp"] * steps, 1.0))
+    return PENALTY["start"] + (PENALTY["end"] - PENALTY["start"]) * rise
 
 
 def train(workloads: list, space: SearchSpace, out: Path, steps: int = 30_000, seed: int = 0,
           max_accuracy_drop: float = 0.01, tensorboard: Path | None = None, cache: Any = None,
           quiet: bool = False) -> list[dict[str, Any]]:
     """Trains one MaskablePPO policy over `workloads` (one environment each, stepped together)
-    on `Surrogate` measurements and saves it to `out`. Returns, per workload, the trained
-    policy's own plan with its estimated speedup and accuracy drop."""
+    on `Surrogate` measurements and saves it to `out`. The reward is log speedup less a penalty
+    for accuracy over the limit whose weight rises while training (`PENALTY`). Returns, per
+    workload, the trained policy's own plan with its estimated speedup and accuracy drop."""
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from autotune.env import OnnxTuneEnv
+    from autotune.objective import Lagrangian, LogSpeedup
     from autotune.progress import Progress
     from autotune.tune import sites_of
 
@@ -279,12 +290,15 @@ def train(workloads: list, space: SearchSpace, out: Path, steps: int = 30_000, s
         for w in workloads:
             bound = space.bind(sites_of(w)) if space.needs_sites else space
             surrogate = Surrogate(w, bound, cache, say=progress.say)
-            envs.append(OnnxTuneEnv(w, bound, reward="log_speedup",
-                                    max_accuracy_drop=max_accuracy_drop, measurer=surrogate))
+            reward = Lagrangian(LogSpeedup(max_accuracy_drop), penalty_weight(0, steps))
+            envs.append(OnnxTuneEnv(w, bound, reward=reward, max_accuracy_drop=max_accuracy_drop,
+                                    measurer=surrogate))
 
         class Report(BaseCallback):
             def _on_step(self) -> bool:
                 progress.done(self.num_timesteps)
+                for env in envs:
+                    env.reward.weight = penalty_weight(self.num_timesteps, steps)
                 return True
 
         progress.status(f"training on {len(envs)} model(s)")

@@ -63,10 +63,8 @@ class Objective:
         if drop > self.max_accuracy_drop + _EPS:
             return False, f"{what} {drop:.4f} exceeds the limit {self.max_accuracy_drop}"
         within = f"{what} {drop:.4f} within the limit {self.max_accuracy_drop}"
-        alone, beside = m.baseline_alone_ms, m.baseline_ms
-        if alone and beside and beside > alone * (1 + self.max_disturbance):
-            return False, (f"the baseline ran {beside / alone - 1:.0%} slower beside this "
-                           f"candidate than alone: its speedup is not trusted")
+        if (why := self.untrusted(m)) is not None:
+            return False, why
         lo, hi = m.speedup_ci
         if self.target != "memory":
             if lo <= 1.0 or m.speedup < 1.0 + self.min_gain:
@@ -78,6 +76,20 @@ class Objective:
         if ratio is None or ratio < 1.0 + self.min_gain:
             return False, "peak memory not lower than the baseline's"
         return True, f"{ratio:.2f}x less peak memory, {within}"
+
+    def untrusted(self, m: Measurement, usual_ms: float | None = None) -> str | None:
+        """Why m's speedup is not to be trusted, or None: its baseline ran more than
+        `max_disturbance` slower beside it than alone, or (given `usual_ms`, the baseline's
+        latency when the run began) than usual. The second is a busy machine: another process
+        on one of the cores slows a two-thread baseline more than a one-thread candidate."""
+        alone, beside = m.baseline_alone_ms, m.baseline_ms
+        if alone and beside and beside > alone * (1 + self.max_disturbance):
+            return (f"the baseline ran {beside / alone - 1:.0%} slower beside this candidate "
+                    f"than alone: its speedup is not trusted")
+        if usual_ms and beside and beside > usual_ms * (1 + self.max_disturbance):
+            return (f"the baseline ran {beside / usual_ms - 1:.0%} slower beside this candidate "
+                    f"than when the run began: its speedup is not trusted")
+        return None
 
     @property
     def directions(self) -> list[str]:
@@ -138,11 +150,13 @@ class Reward:
         value = self.value(m) if m.ok else None
         if value is None:
             return self.FAILED
-        drop = Objective.accuracy_drop(m, self.baseline)
-        over = (drop or 0.0) - self.max_accuracy_drop
-        if over <= _EPS:
-            return value
-        return max(self.FAILED, min(value, 0.0) - self.penalty * over / max(self.max_accuracy_drop, 1e-3))
+        over = (Objective.accuracy_drop(m, self.baseline) or 0.0) - self.max_accuracy_drop
+        return self.constrain(value, over / max(self.max_accuracy_drop, 1e-3) if over > _EPS else 0.0)
+
+    def constrain(self, value: float, excess: float) -> float:
+        """The reward of a candidate worth `value` whose accuracy is `excess` limits' worth over
+        the limit (0: within it)."""
+        return value if excess == 0 else max(self.FAILED, min(value, 0.0) - self.penalty * excess)
 
     def value(self, m: Measurement) -> float | None:
         """The unconstrained reward of a measured candidate; None if it cannot be computed."""
@@ -197,6 +211,32 @@ class Weighted(Reward):
 
 
 REWARDS: dict[str, type[Reward]] = {"log_speedup": LogSpeedup, "memory": MemoryReduction}
+
+
+class Lagrangian(Reward):
+    """A reward to train on, wrapping another: its value minus `weight` x log(1 + the excess
+    over the accuracy limit, in limits' worth), neither capped at 0 the way `Reward` caps it
+    nor floored at FAILED, so that a plan over the limit still tells which of its choices
+    bought speed and which cost accuracy. The log keeps that signal when a plan is hundreds
+    of limits over (a linear penalty, floored, made all of them alike). `agents.train` raises
+    `weight` while it trains: the policy learns where the speed is, then what the limit
+    allows. Trained under the hard reward, or a linear floored penalty, policies met the
+    limit by keeping every site in FP32 (a random plan is nearly always over a tight limit)."""
+
+    def __init__(self, base: Reward, weight: float = 1.0) -> None:
+        super().__init__(base.max_accuracy_drop, base.penalty)
+        self.base, self.weight = base, weight
+        self.name = f"lagrangian:{base.name}"
+
+    def reset(self, baseline: Measurement) -> None:
+        super().reset(baseline)
+        self.base.reset(baseline)
+
+    def value(self, m: Measurement) -> float | None:
+        return self.base.value(m)
+
+    def constrain(self, value: float, excess: float) -> float:
+        return value - self.weight * math.log1p(excess)
 
 
 def make_reward(spec: "str | Reward", max_accuracy_drop: float = 0.01) -> Reward:

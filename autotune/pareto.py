@@ -11,10 +11,14 @@ PICKS = ("fastest", "smallest", "most-accurate")
 
 def point(t: Trial, baseline: Trial) -> tuple[float, float, float] | None:
     """(speedup, baseline peak memory / peak memory, -accuracy drop): all to be maximized;
-    None for a failed trial or one whose accuracy or memory was not measured."""
+    None for a failed trial, one whose accuracy or memory was not measured, and one whose
+    speedup is not trusted (its baseline ran much slower beside it than alone, or than when
+    the run began: such a point is not what a fresh process measures)."""
     m, b = t.measurement, baseline.measurement
     drop = 0.0 if t.is_baseline else Objective.accuracy_drop(m, b)
     if not m.ok or drop is None or not m.peak_memory_mb or not b.peak_memory_mb:
+        return None
+    if not t.is_baseline and Objective().untrusted(m, b.latency_ms) is not None:
         return None
     return (1.0 if t.is_baseline else m.speedup), b.peak_memory_mb / m.peak_memory_mb, -drop
 

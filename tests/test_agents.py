@@ -100,3 +100,11 @@ def test_agent_train_refuses_a_missing_workload(tmp_path, capsys):
     code = main(["agent", "train", "--workloads", str(tmp_path / "none.yaml"),
                  "--out", str(tmp_path / "p.zip")])
     assert code == 2 and "none.yaml" in capsys.readouterr().err
+
+
+def test_the_accuracy_penalty_rises_while_training_then_holds():
+    from autotune.agents import PENALTY, penalty_weight
+
+    weights = [penalty_weight(step, 1000) for step in range(0, 1001, 50)]
+    assert weights[0] == PENALTY["start"] and weights[-1] == PENALTY["end"]
+    assert weights == sorted(weights) and penalty_weight(int(PENALTY["ramp"] * 1000), 1000) == PENALTY["end"]

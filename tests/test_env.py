@@ -7,7 +7,7 @@ import pytest
 
 from autotune.env import MAX_OPTIONS, OBSERVATION, OnnxTuneEnv
 from autotune.measure import Measurement
-from autotune.objective import LogSpeedup, MemoryReduction, Reward, make_reward
+from autotune.objective import Lagrangian, LogSpeedup, MemoryReduction, Reward, make_reward
 from autotune.plan import Plan
 
 
@@ -167,6 +167,18 @@ def test_an_accuracy_violation_is_penalized_in_proportion():
     r.reset(_m())
     small, large = r.update(_m(3.0, acc=0.935)), r.update(_m(3.0, acc=0.925))
     assert 0 > small > large >= Reward.FAILED  # 0.5 and 1.5 limits over
+
+
+def test_the_training_reward_keeps_the_speed_of_a_plan_over_the_limit():
+    r = Lagrangian(LogSpeedup(max_accuracy_drop=0.01), weight=0.2)
+    r.reset(_m())
+    assert r.update(_m(3.0, acc=0.945)) == pytest.approx(math.log(3.0))  # within: as LogSpeedup
+    over = r.update(_m(3.0, acc=0.935))  # half a limit over: log 3 - 0.2 * log 1.5
+    assert over == pytest.approx(math.log(3.0) - 0.2 * math.log(1.5))
+    assert over > r.update(_m(2.0, acc=0.935))  # still paid for speed
+    assert r.update(_m(3.0, acc=0.0)) > r.update(_m(2.0, acc=0.0))  # even 95 limits over
+    r.weight = 10.0
+    assert r.update(_m(3.0, acc=0.935)) < 0 and r.update(Measurement.failed("x")) == Reward.FAILED
 
 
 def test_weighted_rewards_combine_and_bad_names_are_clear():

@@ -32,6 +32,22 @@ def test_front_keeps_the_non_dominated_trials_and_the_baseline_when_it_is_one():
     assert [t.number for t in front(TRIALS[2:3], BASE)] == [0, 3]  # a trade-off with the baseline
 
 
+def test_a_point_whose_baseline_was_slowed_beside_it_is_not_on_the_front():
+    """Its speedup is not what a fresh process measures (seen: 0.49x in the run, 0.30x in three
+    fresh processes, its baseline 66% slower beside it than alone)."""
+    fair = Measurement("ok", speedup=2.5, speedup_ci=(2.5, 2.5), peak_memory_mb=4.0,
+                       accuracy=0.95, metric="top1", baseline_ms=10.0, baseline_alone_ms=9.5)
+    slowed = Measurement(**{**fair.to_dict(), "baseline_ms": 16.0})
+    busy = Measurement(**{**fair.to_dict(), "baseline_ms": 13.0, "baseline_alone_ms": 13.0})
+    assert Objective().untrusted(fair) is None and "not trusted" in Objective().untrusted(slowed)
+    assert "when the run began" in Objective().untrusted(busy, usual_ms=10.0)
+    base = Trial(0, Plan(), Measurement(**{**BASE.measurement.to_dict(), "latency_ms": 10.0}),
+                 "test", 0, 1.0)
+    for m, on_front in ((fair, True), (slowed, False), (busy, False)):
+        t = Trial(6, Plan(RuntimeChoices(intra_op_threads=1)), m, "test", 0, 2.5)
+        assert (6 in [x.number for x in front([*TRIALS, t], base)]) is on_front
+
+
 def test_picks_respect_the_accuracy_limit():
     objective = Objective(max_accuracy_drop=0.01)
     assert pick(TRIALS, BASE, "fastest", objective).number == 2
