@@ -22,3 +22,14 @@ def test_calibration_is_reused_and_gives_the_same_model(mlp_path, tmp_path, monk
     apply(Plan(quantization=Quantization(mode="static", calibration="minmax")), mlp_path,
           w.data_file(), tmp_path / "d")
     assert len(set(ranges.glob("*.json")) - before) == 2  # another method: other ranges
+
+
+def test_entropy_calibration_is_not_minmax(mlp_path, tmp_path, monkeypatch):
+    """quantize_static alone runs it on a histogram that leaves each tensor's whole range: the
+    model MinMax gives (ORT 1.32)."""
+    monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    w = workload.load(str(mlp_path))
+    models = {method: apply(Plan(quantization=Quantization(mode="static", calibration=method)),
+                            mlp_path, w.data_file(), tmp_path / method).model.read_bytes()
+              for method in ("minmax", "entropy")}
+    assert models["entropy"] != models["minmax"]
