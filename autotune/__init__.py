@@ -4,9 +4,8 @@ ENV_ID = "autotune/OnnxTune-v0"
 
 
 def register_envs() -> None:
-    """Registers `autotune/OnnxTune-v0` with Gymnasium (once). Gymnasium calls this through the
-    package's `gymnasium.envs` entry point when it is imported, so `gymnasium.make` finds the
-    environment without importing autotune first."""
+    """Registers `autotune/OnnxTune-v0` with Gymnasium (once); importing `autotune.env` does.
+    (Gymnasium 1.x no longer loads environments from packages' entry points.)"""
     from gymnasium.envs.registration import register, registry
 
     if ENV_ID not in registry:
