@@ -1,10 +1,10 @@
 """onnx-autotune: measured auto-tuning of ONNX models for ONNX Runtime."""
 
-ENV_ID = "autotune/OnnxTune-v0"
+ENV_ID = "autotune/OnnxTune-v1"
 
 
 def register_envs() -> None:
-    """Registers `autotune/OnnxTune-v0` with Gymnasium (once); importing `autotune.env` does.
+    """Registers `autotune/OnnxTune-v1` with Gymnasium (once); importing `autotune.env` does.
     (Gymnasium 1.x no longer loads environments from packages' entry points.)"""
     from gymnasium.envs.registration import register, registry
 

@@ -241,6 +241,8 @@ def _sites(args) -> int:
         return 0
     counts = {k: sum(s.kind == k for s in found) for k in ("fusion", "grouping", "layout", "precision")}
     print(f"{len(found)} sites: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    if space is not None:
+        _print_providers(args.search_space)
     for c in space.choices if space is not None else ():
         options = "/".join(",".join(o) or "none" if isinstance(o, tuple) else str(o).lower()
                            for o in c.options)
@@ -255,6 +257,19 @@ def _sites(args) -> int:
         print("  ".join(c.rjust(w) if i in right else c.ljust(w)
                         for i, (c, w) in enumerate(zip(r, widths))).rstrip())
     return 0
+
+
+def _print_providers(space_name: str) -> None:
+    """The execution providers the space asks for: found (with what), or why not."""
+    from autotune import providers
+    from autotune import space as spaces
+
+    asked = next((c.options for c in spaces.load(space_name, machine=False).choices
+                  if c.key == "execution_provider"), ())
+    found = providers.available()
+    for name in asked:
+        a = found[name]
+        print(f"provider  {name}: {'found, ' if a.ok else ''}{a.how}")
 
 
 def _clip(text: str, width: int) -> str:

@@ -1,6 +1,6 @@
-"""The Gymnasium environment `autotune/OnnxTune-v0`: one episode builds one Plan.
+"""The Gymnasium environment `autotune/OnnxTune-v1`: one episode builds one Plan.
 
-    env = gymnasium.make("autotune/OnnxTune-v0", workload="zoo:resnet18",
+    env = gymnasium.make("autotune/OnnxTune-v1", workload="zoo:resnet18",
                          search_space="cpu-int8", reward="log_speedup")
 
 An episode walks the search space's choices in a fixed order: its global choices (ORT level,
@@ -30,14 +30,14 @@ from autotune.measure import Measurement, Measurer
 from autotune.objective import Reward, make_reward
 from autotune.plan import InvalidPlan, Plan
 from autotune.sites import KINDS, RULES, Site
-from autotune.space import KEYS, SearchSpace
+from autotune.providers import NAMES as PROVIDER_NAMES
+from autotune.space import KEYS, SearchSpace, applies
 
 MAX_OPTIONS = 8  # the action space: no choice has more options
 GLOBAL_KEYS = tuple(sorted(KEYS))
 CHOICE_KINDS = GLOBAL_KEYS + tuple(f"site:{rule}" for rule in RULES)
 OP_TYPES = ("Conv", "MatMul", "Gemm", "Add", "Mul", "Relu", "Sigmoid", "Clip",
             "BatchNormalization", "LayerNormalization", "Softmax", "Transpose", "Reshape")
-_QUANT_SETTINGS_STATIC_ONLY = ("quantization.calibration", "quantization.activation_type")
 
 
 def _observation_layout() -> list[tuple[str, str]]:
@@ -62,6 +62,8 @@ def _observation_layout() -> list[tuple[str, str]]:
              ("chosen_quantization=static", "1 if whole-model static INT8 was chosen"),
              ("chosen_quantization=dynamic", "1 if whole-model dynamic INT8 was chosen"),
              ("chosen_level", "ORT optimization level chosen, 0 (all) to 1 (disable); 0 if not yet"),
+             *[(f"chosen_provider={p}", f"1 if the {p} execution provider was chosen")
+               for p in PROVIDER_NAMES if p != "cpu"],
              ("progress", "steps taken / steps in the episode")]
     return rows
 
@@ -153,10 +155,8 @@ class OnnxTuneEnv(gym.Env):
         choice = self.choices[step]
         mask[:len(choice.options)] = True
         chosen = self.assignment()
-        mode = chosen.get("quantization", "none")
-        if choice.key.startswith("quantization.") and (
-                mode == "none" or (mode == "dynamic" and choice.key in _QUANT_SETTINGS_STATIC_ONLY)):
-            mask[1:] = False  # settings of a quantization not chosen change nothing
+        if not applies(choice.key, chosen):
+            mask[1:] = False  # settings of a quantization or provider not chosen change nothing
         site = self.site_of.get(choice.key)
         if site is not None:
             earlier = [(self.site_of[k], v) for k, v in chosen.items()
@@ -260,7 +260,11 @@ class OnnxTuneEnv(gym.Env):
         levels = ("all", "layout", "extended", "basic", "disable")
         level = chosen.get("graph_optimization_level", "all")
         obs[i + 3] = levels.index(level) / 4 if level in levels else 0.0
-        obs[i + 4] = step / max(len(self.choices), 1)
+        i += 4
+        for p in PROVIDER_NAMES[1:]:
+            obs[i] = float(chosen.get("execution_provider") == p)
+            i += 1
+        obs[i] = step / max(len(self.choices), 1)
         return np.clip(obs, 0.0, 1.0)
 
 

@@ -32,7 +32,19 @@ FILES = ("model.onnx", "session.json", "plan.json", "report.json", "README.md")
 def _summary(m: Measurement) -> dict[str, Any]:
     return {"latency_ms": m.latency_ms, "latency_ci": m.latency_ci,
             "peak_memory_mb": m.peak_memory_mb, "model_size_mb": m.model_size_mb,
-            "accuracy": m.accuracy, "output_error": m.output_error}
+            "accuracy": m.accuracy, "output_error": m.output_error,
+            "session_seconds": m.session_seconds}
+
+
+def _provider(plan: Plan) -> dict[str, Any]:
+    """Which execution provider the tuned model runs on, with what, and what it needs."""
+    from autotune import providers
+
+    name = plan.runtime.execution_provider
+    found = providers.available().get(name)
+    return {"name": name, "options": dict(plan.runtime.provider_options),
+            "ort_name": providers.get(name).ep, "requires": providers.get(name).install,
+            "measured_with": found.how if found and found.ok else None}
 
 
 # What `verify` checks a tuned model still does, besides staying within the accuracy limit.
@@ -77,6 +89,7 @@ def write(dest: Path, workload: "Workload", measurer: Measurer, baseline: "Trial
                       "min_gain": objective.min_gain},
         "claim": claim,
         "metric": workload.metric,
+        "execution_provider": _provider(chosen.plan),
         "speedup": m.speedup, "speedup_ci": m.speedup_ci,
         "accuracy_drop": Objective.accuracy_drop(m, baseline.measurement),
         "baseline": _summary(baseline.measurement) | {"latency_ms": m.baseline_ms,
@@ -104,11 +117,14 @@ def _readme(report: dict[str, Any]) -> str:
 
 Plan: {report['plan']}
 
+Execution provider: {report['execution_provider']['name']} ({report['execution_provider']['measured_with'] or 'onnxruntime'}).{_needs(report)}
+
 | | ORT_ENABLE_ALL | tuned |
 |---|---|---|
 | median latency (ms) | {b['latency_ms']:.3f} | {c['latency_ms']:.3f} |
 | peak memory (MB) | {b['peak_memory_mb']:.1f} | {c['peak_memory_mb']:.1f} |
 | model size (MB) | {b['model_size_mb']:.1f} | {c['model_size_mb']:.1f} |
+| session creation (s) | {_seconds(b)} | {_seconds(c)} |
 | {report['metric']} | {_acc(b, report['metric'])} | {_acc(c, report['metric'])} |
 
 Measured with onnxruntime {report['onnxruntime']} on {report['machine']['cpu']} ({report['machine']['cores']} cores).
@@ -117,18 +133,39 @@ Timings on another machine will differ: run `autotune verify` there.
 Load it with onnxruntime alone:
 
 ```python
-import json, onnxruntime as ort
-s = json.load(open("session.json"))
+{LOAD_LINES.replace("MODEL", "model.onnx").replace("SESSION", "session.json")}```
+"""
+
+
+# The plain-onnxruntime loading code of a tuned-model directory (README.md shows it too).
+LOAD_LINES = """import json, onnxruntime as ort
+s = json.load(open("SESSION"))
 so = ort.SessionOptions()
 so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, s["graph_optimization_level"])
 so.execution_mode = getattr(ort.ExecutionMode, s["execution_mode"])
 so.intra_op_num_threads, so.inter_op_num_threads = s["intra_op_num_threads"], s["inter_op_num_threads"]
 so.enable_cpu_mem_arena, so.enable_mem_pattern = s["enable_mem_arena"], s["enable_mem_pattern"]
 for k, v in s["config_entries"].items(): so.add_session_config_entry(k, v)
-session = ort.InferenceSession("model.onnx", so, providers=s["providers"],
+providers = list(zip(s["providers"], s["provider_options"]))
+if s["providers"][0] not in ort.get_available_providers():  # OpenVINO as a plugin
+    import onnxruntime_ep_openvino as ov
+    ort.register_execution_provider_library(ov.get_ep_name(), ov.get_library_path())
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == ov.get_ep_name()]
+    options = {k: v for k, v in s["provider_options"][0].items() if k != "device_type"}
+    so.add_provider_for_devices(devices, options)
+    providers = None
+session = ort.InferenceSession("MODEL", so, providers=providers,
                                disabled_optimizers=s["disabled_optimizers"] or None)
-```
 """
+
+
+def _needs(report: dict[str, Any]) -> str:
+    p = report["execution_provider"]
+    return "" if p["name"] == "cpu" else f" It needs {p['requires']}."
+
+
+def _seconds(s: dict[str, Any]) -> str:
+    return "n/a" if s.get("session_seconds") is None else f"{s['session_seconds']:.2f}"
 
 
 def _acc(s: dict[str, Any], metric: str) -> str:

@@ -27,7 +27,8 @@ from autotune.workload import Workload
 MEASURE_VERSION = 3
 # The code that builds and measures candidates: any change to it is a new cache key, so a
 # cached number always comes from the candidate the current code would build.
-_BUILD_CODE = ("plan.py", "quantize.py", "sites.py", "worker.py", "runtime.py", "rewrites")
+_BUILD_CODE = ("plan.py", "quantize.py", "sites.py", "worker.py", "runtime.py", "providers.py",
+               "rewrites")
 
 
 def code_digest() -> str:
@@ -72,6 +73,8 @@ class Measurement:
     baseline_ms: float | None = None
     baseline_ci: tuple[float, float] | None = None
     baseline_alone_ms: float | None = None  # the baseline timed alone just before, same worker
+    latency_alone_ms: float | None = None  # the candidate timed alone just before, same worker
+    session_seconds: float | None = None  # creating the candidate's session (providers compile)
     speedup: float | None = None
     speedup_ci: tuple[float, float] | None = None
     runs: int = 0
@@ -125,8 +128,12 @@ def fingerprint() -> str:
     """What makes timings comparable: the CPU, core count, ORT version (not the host name)."""
     import onnxruntime
 
+    from autotune import providers
+
     m = machine()
-    return f"{m['cpu']}|{m['cores']}|{m['arch']}|ort{onnxruntime.__version__}"
+    extra = providers.versions()
+    return f"{m['cpu']}|{m['cores']}|{m['arch']}|ort{onnxruntime.__version__}" + (
+        f"|{extra}" if extra else "")
 
 
 class Cache:

@@ -80,7 +80,8 @@ class Objective:
     def untrusted(self, m: Measurement, usual_ms: float | None = None) -> str | None:
         """Why m's speedup is not to be trusted, or None: its baseline ran more than
         `max_disturbance` slower beside it than alone, or (given `usual_ms`, the baseline's
-        latency when the run began) than usual. The second is a busy machine: another process
+        latency when the run began) than usual, or the candidate ran that much slower beside
+        the baseline than alone (a provider's own threads and ORT's can contend). The second is a busy machine: another process
         on one of the cores slows a two-thread baseline more than a one-thread candidate."""
         alone, beside = m.baseline_alone_ms, m.baseline_ms
         if alone and beside and beside > alone * (1 + self.max_disturbance):
@@ -89,6 +90,10 @@ class Objective:
         if usual_ms and beside and beside > usual_ms * (1 + self.max_disturbance):
             return (f"the baseline ran {beside / usual_ms - 1:.0%} slower beside this candidate "
                     f"than when the run began: its speedup is not trusted")
+        alone, beside = m.latency_alone_ms, m.latency_ms  # and the other way round
+        if alone and beside and beside > alone * (1 + self.max_disturbance):
+            return (f"this candidate ran {beside / alone - 1:.0%} slower beside the baseline "
+                    f"than alone: its speedup is not trusted")
         return None
 
     @property

@@ -39,7 +39,9 @@ def transformer_names() -> frozenset[str]:
         return frozenset(json.loads(path.read_text()))
     log = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
                          timeout=120, stdin=subprocess.DEVNULL)
-    names = sorted(set(re.findall(r"Applying graph transformer (\S+)", log.stdout + log.stderr)))
+    # "Applying graph transformer X" (ORT 1.32), "GraphTransformer X modified: ..." (1.24)
+    names = sorted(set(re.findall(r"(?:Applying graph transformer|GraphTransformer) (\S+)",
+                                  log.stdout + log.stderr)))
     if names:
         path.write_text(json.dumps(names))
     return frozenset(names)

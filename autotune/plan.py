@@ -36,11 +36,23 @@ class RuntimeChoices:
     execution_mode: str = "sequential"
     enable_mem_arena: bool = True
     enable_mem_pattern: bool = True
+    execution_provider: str = "cpu"  # autotune.providers: cpu, openvino, cuda, tensorrt
+    # The provider's options where they are not its own defaults: (option, value), sorted.
+    provider_options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
+        from autotune import providers
+
         _one_of("graph_optimization_level", self.graph_optimization_level, OPT_LEVELS)
         _one_of("execution_mode", self.execution_mode, EXECUTION_MODES)
         object.__setattr__(self, "disabled_optimizers", tuple(sorted(set(self.disabled_optimizers))))
+        provider = providers.get(self.execution_provider)
+        options = dict(self.provider_options.items() if isinstance(self.provider_options, dict)
+                       else self.provider_options)
+        for option, value in options.items():
+            provider.check(option, value)
+        object.__setattr__(self, "provider_options", tuple(sorted(
+            (k, v) for k, v in options.items() if v != provider.options[k][0])))
         for name in ("intra_op_threads", "inter_op_threads"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise UsageError(f"plan: {name} must be an integer >= 0, got {getattr(self, name)!r}")
@@ -112,12 +124,19 @@ class Plan:
     @property
     def lossy(self) -> bool:
         """Whether the plan may change the model's outputs (INT8, grouped convolutions)."""
+        from autotune import providers
+
+        r = self.runtime
         return (self.quantization is not None or bool(self.int8_sites) or bool(self.dynamic_sites)
-                or bool(self.fp16_sites) or any(sid.startswith("grouped_conv:") for sid, _ in self.sites))
+                or bool(self.fp16_sites) or any(sid.startswith("grouped_conv:") for sid, _ in self.sites)
+                or providers.get(r.execution_provider).is_lossy(dict(r.provider_options)))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["runtime"]["disabled_optimizers"] = list(self.runtime.disabled_optimizers)
+        d["runtime"]["provider_options"] = dict(self.runtime.provider_options)
+        if self.runtime.execution_provider == "cpu":  # as plans were before providers: same digest
+            del d["runtime"]["execution_provider"], d["runtime"]["provider_options"]
         d["sites"] = dict(self.sites)
         return d
 
@@ -131,6 +150,7 @@ class Plan:
         runtime = dict(d.get("runtime") or {})
         _known(runtime, RuntimeChoices, "plan.runtime")
         runtime["disabled_optimizers"] = tuple(runtime.get("disabled_optimizers", ()))
+        runtime["provider_options"] = tuple((runtime.get("provider_options") or {}).items())
         quant = d.get("quantization")
         if quant is not None:
             _known(quant, Quantization, "plan.quantization")
@@ -168,7 +188,12 @@ class Plan:
                          f"{q.calibration} (act {q.activation_type}, w {q.weight_type}"
                          f"{', reduce_range' if q.reduce_range else ''})")
         r, default = self.runtime, RuntimeChoices()
+        if r.execution_provider != default.execution_provider:
+            options = "".join(f", {k}={v}" for k, v in r.provider_options)
+            parts.insert(0, f"{r.execution_provider} provider{options}")
         for f in fields(r):
+            if f.name in ("execution_provider", "provider_options"):
+                continue
             if getattr(r, f.name) != getattr(default, f.name):
                 value = getattr(r, f.name)
                 parts.append(f"{f.name}={','.join(value) if isinstance(value, tuple) else value}")
@@ -189,7 +214,17 @@ def _known(d: dict, cls: type, where: str) -> None:
 
 
 def session_settings(runtime: RuntimeChoices) -> dict[str, Any]:
-    """The session.json content for these runtime choices: every SessionOptions field we set."""
+    """The session.json content for these runtime choices: every SessionOptions field we set,
+    and the providers with their options (`autotune.runtime.create_session` reads them)."""
+    from autotune import providers
+
+    provider = providers.get(runtime.execution_provider)
+    chosen = {"providers": ["CPUExecutionProvider"], "provider_options": [{}]}
+    if provider.name != "cpu":
+        chosen = {"providers": [provider.ep, "CPUExecutionProvider"],
+                  "provider_options": [providers.ort_options(provider.name,
+                                                             dict(runtime.provider_options)), {}],
+                  "requires": provider.install}
     return {
         "graph_optimization_level": OPT_LEVELS[runtime.graph_optimization_level],
         "disabled_optimizers": list(runtime.disabled_optimizers),
@@ -199,7 +234,7 @@ def session_settings(runtime: RuntimeChoices) -> dict[str, Any]:
         "enable_mem_arena": runtime.enable_mem_arena,
         "enable_mem_pattern": runtime.enable_mem_pattern,
         "config_entries": {},
-        "providers": ["CPUExecutionProvider"],
+        **chosen,
     }
 
 

@@ -3,6 +3,7 @@ turned into clear reasons: symbolic shape inference that gives up, and models OR
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -90,16 +91,31 @@ def _quantize(source: Path, out: Path, q: "Quantization", data_file: Path,
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
+    settings = dict(quant_format=QuantFormat.QDQ, per_channel=q.per_channel,
+                    reduce_range=q.reduce_range, activation_type=types[q.activation_type],
+                    weight_type=types[q.weight_type], calibrate_method=methods[q.calibration],
+                    nodes_to_quantize=nodes,
+                    extra_options={"ActivationSymmetric": q.activation_type == "int8"})
+    if "calibration_cache_path" not in inspect.signature(ort_quantize_static).parameters:
+        # An older quantizer (the onnxruntime-openvino 1.24 build) calibrates every time and
+        # takes no ranges from outside, so its Entropy would be MinMax's (see _entropy_ranges).
+        if q.calibration == "entropy":
+            raise RuntimeError(f"Entropy calibration needs a quantizer that reads calibrated "
+                               f"ranges (calibration_cache_path); onnxruntime "
+                               f"{_ort_version()} has none")
+        ort_quantize_static(str(source), str(out), _Reader(data_file), **settings)
+        return
     with _calibration(source, data_file, q) as ranges:
         if q.calibration == "entropy" and not ranges.is_file():
             _entropy_ranges(source, data_file, ranges)
-        ort_quantize_static(
-            str(source), str(out), _Reader(data_file), quant_format=QuantFormat.QDQ,
-            per_channel=q.per_channel, reduce_range=q.reduce_range,
-            activation_type=types[q.activation_type], weight_type=types[q.weight_type],
-            calibrate_method=methods[q.calibration], nodes_to_quantize=nodes,
-            extra_options={"ActivationSymmetric": q.activation_type == "int8"},
-            calibration_cache_path=str(ranges))
+        ort_quantize_static(str(source), str(out), _Reader(data_file), **settings,
+                            calibration_cache_path=str(ranges))
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 # ORT's KL-divergence (entropy) calibration with TensorRT's histogram: 2048 bins, 128 levels.

@@ -12,15 +12,28 @@ from typing import Any
 import numpy as np
 import yaml
 
-from autotune import optimizers
+from autotune import optimizers, providers
 from autotune.errors import UsageError, did_you_mean
 from autotune.plan import Plan, Quantization, RuntimeChoices
 from autotune.sites import RULES, Site, compatible
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-_RUNTIME_KEYS = {f.name for f in fields(RuntimeChoices)}
+_RUNTIME_KEYS = {f.name for f in fields(RuntimeChoices)} - {"provider_options"}
 _QUANT_KEYS = {f"quantization.{f.name}" for f in fields(Quantization) if f.name != "mode"}
-KEYS = _RUNTIME_KEYS | _QUANT_KEYS | {"quantization"}
+PROVIDER_KEYS = set(providers.OPTION_KEYS)  # <provider>.<option>, e.g. openvino.precision
+KEYS = _RUNTIME_KEYS | _QUANT_KEYS | {"quantization"} | PROVIDER_KEYS
+_STATIC_ONLY = ("quantization.calibration", "quantization.activation_type")
+
+
+def applies(key: str, chosen: dict[str, Any]) -> bool:
+    """Whether the setting `key` can change the plan, given the choices made before it: the
+    settings of a quantization not chosen, or of a provider not chosen, change nothing."""
+    if key.startswith("quantization."):
+        mode = chosen.get("quantization", "none")
+        return mode == "static" or (mode == "dynamic" and key not in _STATIC_ONLY)
+    if key in PROVIDER_KEYS:
+        return chosen.get("execution_provider", "cpu") == key.split(".", 1)[0]
+    return True
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,7 @@ class SearchSpace:
     start: tuple[dict[str, Any], ...] = ()
     site_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()  # rule -> options allowed
     sites: tuple[Site, ...] = ()  # the model's sites once bound, in catalogue order
+    notes: tuple[str, ...] = ()  # what `for_machine` left out, and why
 
     @property
     def needs_sites(self) -> bool:
@@ -74,6 +88,9 @@ class SearchSpace:
         runtime = {k: v for k, v in assignment.items() if k in _RUNTIME_KEYS}
         if "disabled_optimizers" in runtime:
             runtime["disabled_optimizers"] = tuple(runtime["disabled_optimizers"])
+        provider = runtime.get("execution_provider", "cpu")
+        runtime["provider_options"] = tuple((k.split(".", 1)[1], v) for k, v in assignment.items()
+                                            if k in PROVIDER_KEYS and k.startswith(provider + "."))
         quant = None
         mode = assignment.get("quantization", "none")
         if mode != "none":
@@ -87,9 +104,33 @@ class SearchSpace:
     def size(self) -> int:
         return int(np.prod([len(c.options) for c in self.choices]))
 
+    def for_machine(self, found: dict[str, providers.Availability] | None = None) -> SearchSpace:
+        """The space without the execution providers this machine lacks (their options and
+        start points go with them), and a note for each saying why."""
+        found = found if found is not None else providers.available()
+        asked = next((c.options for c in self.choices if c.key == "execution_provider"), ())
+        missing = [p for p in asked if p in found and not found[p].ok]
+        if not missing:
+            return self
+        kept = tuple(p for p in asked if p not in missing)
+        notes = tuple(f"execution provider {p}: not offered: {found[p].how}" for p in missing)
+        if not kept:
+            raise UsageError(f"search space `{self.name}`: none of its execution providers is on "
+                             f"this machine; {'; '.join(notes)}")
+        choices = []
+        for c in self.choices:
+            if c.key == "execution_provider":
+                if kept != ("cpu",):  # the baseline's alone is no choice
+                    choices.append(Choice(c.key, kept))
+            elif c.key not in PROVIDER_KEYS or c.key.split(".", 1)[0] in kept:
+                choices.append(c)
+        start = tuple(p for p in self.start if p.get("execution_provider", "cpu") not in missing)
+        return replace(self, choices=tuple(choices), start=start, notes=self.notes + notes)
 
-def load(name_or_path: str) -> SearchSpace:
-    """A space by name (a file in search_spaces/) or by path."""
+
+def load(name_or_path: str, machine: bool = True) -> SearchSpace:
+    """A space by name (a file in search_spaces/) or by path; with `machine`, only the
+    execution providers this machine has (`SearchSpace.for_machine`)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = SPACES_DIR / f"{name_or_path}.yaml"
@@ -101,7 +142,8 @@ def load(name_or_path: str) -> SearchSpace:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse({"name": path.stem, **spec} if isinstance(spec, dict) else spec, path)
+    space = parse({"name": path.stem, **spec} if isinstance(spec, dict) else spec, path)
+    return space.for_machine() if machine else space
 
 
 def to_spec(space: SearchSpace) -> dict[str, Any]:
@@ -147,6 +189,8 @@ def parse(spec: dict[str, Any], path: Path | str = "search space") -> SearchSpac
     for c in space.choices:  # every option must make a valid plan
         for option in c.options:
             extra = {"quantization": "static"} if c.key.startswith("quantization.") else {}
+            if c.key in PROVIDER_KEYS:
+                extra["execution_provider"] = c.key.split(".", 1)[0]
             if c.key == "quantization.weight_type":
                 extra["quantization.activation_type"] = "uint8"
             space.plan({**extra, c.key: option})

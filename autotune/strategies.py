@@ -19,6 +19,7 @@ from autotune.errors import UsageError, did_you_mean
 from autotune.measure import Measurement
 from autotune.objective import Objective
 from autotune.plan import InvalidPlan, Plan
+from autotune import space as spaces
 from autotune.space import SearchSpace
 from autotune.store import Ledger
 
@@ -118,8 +119,9 @@ class Greedy(Strategy):
        than the best so far;
     4. the remaining lossy sites one by one on top of that, while budget lasts.
     Assumes accuracy costs roughly add up, as INT8 errors do. The start points (whole-model INT8
-    with various quantizer settings) also choose the settings of per-site INT8: those of the
-    most accurate start point.
+    with various quantizer settings, execution providers) also choose the settings of per-site
+    INT8, those of the most accurate start point, and the execution provider every step runs
+    on, that of the fastest start point within the accuracy limit.
     """
 
     name = "greedy"
@@ -146,9 +148,10 @@ class Greedy(Strategy):
         self.starts = {self.space.plan(p).digest(): p for p in space.start}
         self.quantizer: dict | None = None  # the settings of the most accurate start point
         self.quantizer_drop = float("inf")
+        self.provider: dict = {}  # the provider (and options) of the fastest start point that fits
 
     def _plan(self, chosen: list[tuple[str, str]]) -> Plan:
-        assignment = dict(chosen)
+        assignment = {**self.provider, **dict(chosen)}
         if self.quantizer and "int8" in assignment.values():
             assignment.update(self.quantizer)
         return self.space.plan(assignment)
@@ -201,8 +204,8 @@ class Greedy(Strategy):
         fits, value = self._fits(measurement)
         if fits:
             self.best_score = value
-        if not self.pending:  # a start point: it raises the bar and may set the quantizer
-            self._tell_start(plan, measurement)
+        if not self.pending:  # a start point: it raises the bar, may set the quantizer and provider
+            self._tell_start(plan, measurement, fits)
             return
         kind, what = self.pending
         self.pending = ()
@@ -221,8 +224,11 @@ class Greedy(Strategy):
         elif kind == "add" and fits:
             self.kept.append(what)
 
-    def _tell_start(self, plan: Plan, measurement: Measurement) -> None:
+    def _tell_start(self, plan: Plan, measurement: Measurement, fits: bool) -> None:
         start = self.starts.get(plan.digest())
+        if start is not None and fits:
+            self.provider = {k: v for k, v in start.items()
+                             if k == "execution_provider" or k in spaces.PROVIDER_KEYS}
         if start is None or plan.quantization is None or not measurement.ok or self.objective is None:
             return
         drop = self.objective.accuracy_drop(measurement, self.baseline)
@@ -402,17 +408,25 @@ class NSGA2(OptunaStrategy):
 class Presets(Strategy):
     """What a user gets without tuning, one after another: every ONNX Runtime optimization
     level other than the baseline's, whole-model dynamic INT8, whole-model static INT8 QDQ
-    (per-channel MinMax, the quantizer's defaults). Needs no search space of its own."""
+    (per-channel MinMax, the quantizer's defaults), and on each other execution provider this
+    machine has, the provider with its defaults, alone and with that static INT8. Needs no
+    search space of its own."""
 
     name = "presets"
     PLANS = ({"graph_optimization_level": "disable"}, {"graph_optimization_level": "basic"},
              {"graph_optimization_level": "extended"}, {"graph_optimization_level": "layout"},
              {"quantization": "dynamic"}, {"quantization": "static"})
+    PER_PROVIDER = ({}, {"quantization": "static"})
 
     def __init__(self, space: SearchSpace, seed: int = 0) -> None:
+        from autotune import providers
+
         super().__init__(space, seed)
         self._start = []  # the presets are the whole strategy, whatever the space
-        self.plans = [_PRESET_SPACE.plan(p) for p in self.PLANS]
+        others = [p for p, a in providers.available().items() if a.ok and p != "cpu"]
+        plans = list(self.PLANS) + [{"execution_provider": p, **extra}
+                                    for p in others for extra in self.PER_PROVIDER]
+        self.plans = [_PRESET_SPACE.plan(p) for p in plans]
         self.seen.add(Plan().digest())
 
     def _ask(self) -> Plan | None:
@@ -421,7 +435,6 @@ class Presets(Strategy):
             if self._fresh(plan):
                 return plan
         return None
-
 
 _PRESET_SPACE = SearchSpace("presets", "", ())
 

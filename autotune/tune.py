@@ -79,7 +79,7 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
         space = space.bind(sites_of(workload))
     measurer = measurer or Measurer(workload, protocol, cache)
     progress = progress or Progress(budget, quiet=quiet)
-    for note in workload.notes:
+    for note in (*workload.notes, *space.notes):
         progress.say(f"[dim]{note}[/dim]")
 
     with progress:

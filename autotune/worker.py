@@ -72,7 +72,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     _reset_peak()
     stage = "load"
     try:
+        t0 = time.perf_counter()
         cand = create_session(spec["model"], spec["settings"], NO_SPIN)
+        session_seconds = time.perf_counter() - t0  # a provider may compile the model here
         stage = "run"
         feed = evaluation[0]
         cand.run(None, feed)
@@ -81,10 +83,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         base = create_session(spec["baseline"], spec["baseline_settings"], NO_SPIN)
         base.run(None, feed)
         stage = "run"
-        # The baseline alone first, seconds before it runs beside the candidate: a reference
-        # that shows whether the candidate's session slows it (they share this process).
-        alone = _interleave([base], feed, {**protocol, "min_runs": 10, "min_seconds": 0.5,
-                                           "max_seconds": 2.0})[0]
+        # Each alone first, seconds before they run side by side: references that show whether
+        # one session slows the other (they share this process, and a provider's own threads
+        # may keep cores busy after a run).
+        short = {**protocol, "min_runs": 10, "min_seconds": 0.5, "max_seconds": 2.0}
+        alone = _interleave([base], feed, short)[0]
+        cand_alone = _interleave([cand], feed, short)[0]
         c_times, b_times = _interleave([cand, base], feed, protocol)
         stage = "accuracy"
         accuracy, error = _accuracy(cand, base, evaluation, labels, spec["metric"],
@@ -102,6 +106,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     return {"status": "ok", "latency_ms": lat, "latency_ci": [lat_lo, lat_hi],
             "baseline_ms": bl, "baseline_ci": [bl_lo, bl_hi], "speedup": sp,
             "speedup_ci": [sp_lo, sp_hi], "baseline_alone_ms": float(np.median(alone)),
+            "latency_alone_ms": float(np.median(cand_alone)), "session_seconds": session_seconds,
             "runs": len(c_times), "peak_memory_mb": peak_mb,
             "accuracy": accuracy, "output_error": error, "metric": spec["metric"], **extra}
 

@@ -48,7 +48,7 @@ def _play(env, actions):
 
 
 def test_gymnasium_make_finds_the_registered_environment(mlp_path):
-    env = gymnasium.make("autotune/OnnxTune-v0", workload=str(mlp_path), search_space="runtime",
+    env = gymnasium.make("autotune/OnnxTune-v1", workload=str(mlp_path), search_space="runtime",
                          measurer=FakeMeasurer())
     obs, info = env.reset(seed=0)
     assert env.observation_space.contains(obs) and env.action_space.n == MAX_OPTIONS
