@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from autotune import export, pareto, strategies
+from autotune import export, pareto, providers, strategies
 from autotune import space as spaces
 from autotune.errors import ModelError, UsageError
 from autotune.measure import Cache, Measurement, Measurer, Protocol, machine
@@ -289,6 +289,8 @@ def _run_info(workload: Workload, space: SearchSpace, searcher: strategies.Strat
             "site_choices": len(space.site_choices),
             "strategy": searcher.settings(), "budget": budget, "objective": asdict(objective),
             "seed": seed, "protocol": asdict(protocol), "onnxruntime": onnxruntime.__version__,
+            "providers": {a.name: a.how for a in providers.available().values()},
+            "search_space_notes": list(space.notes),
             "python": platform.python_version(), "machine": machine()}
 
 

@@ -86,7 +86,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         # Each alone first, seconds before they run side by side: references that show whether
         # one session slows the other (they share this process, and a provider's own threads
         # may keep cores busy after a run).
-        short = {**protocol, "min_runs": 10, "min_seconds": 0.5, "max_seconds": 2.0}
+        short = {**protocol, "min_runs": 10, "min_seconds": min(0.5, protocol["min_seconds"] / 4),
+                 "max_seconds": 2.0}
         alone = _interleave([base], feed, short)[0]
         cand_alone = _interleave([cand], feed, short)[0]
         c_times, b_times = _interleave([cand, base], feed, protocol)

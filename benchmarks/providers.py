@@ -2,7 +2,7 @@
 finds with the provider as one of its choices, per model, from one interleaved run.
 
     .venv/bin/python benchmarks/providers.py [--models zoo:resnet18 wheel:ppocr_det ...]
-        [--search-space runtime] [--strategy random] [--budget 12]
+        [--search-space runtime] [--strategy random] [--budget 12] [--out RUNS]
 
 (On a CPU whose vendor the onnxruntime-ep-openvino plugin does not serve, AMD's, run it with
 `.venv-openvino/bin/python` after `./setup.sh --openvino-build`.)
@@ -44,6 +44,8 @@ def main() -> None:
     p.add_argument("--strategy", default="random")
     p.add_argument("--budget", type=int, default=12)
     p.add_argument("--max-accuracy-drop", type=float, default=0.01)
+    p.add_argument("--out", type=Path, help="keep each model's run directory (and its best/) "
+                   "here, for `autotune verify`; by default they are deleted")
     args = p.parse_args()
     found = providers.available()
     print(f"{machine()['cpu']}, {machine()['cores']} cores, onnxruntime {onnxruntime.__version__}; "
@@ -55,12 +57,13 @@ def main() -> None:
                if found[a["execution_provider"]].ok}
     with tempfile.TemporaryDirectory() as tmp:
         cache = Cache(Path(tmp) / "measurements.sqlite")  # every number measured in this run
+        runs = args.out or Path(tmp)
         for ref in args.models:
             w = workload.load(ref)
             start = time.perf_counter()
             run = tune(w, space.load(args.search_space), strategy=args.strategy,
                        budget=args.budget, objective=objective, cache=cache, quiet=True,
-                       out=Path(tmp) / ref.replace(":", "-"))
+                       out=runs / ref.replace(":", "-"))
             tuned = run.best.plan if run.best else Plan()
             searched = time.perf_counter() - start
             rows = [("CPU EP, ORT_ENABLE_ALL", Plan()), *by_hand.items(), ("tuned", tuned)]
