@@ -243,6 +243,9 @@ def _sites(args) -> int:
     print(f"{len(found)} sites: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     if space is not None:
         _print_providers(args.search_space)
+        for note in space.notes:
+            if not note.startswith("execution provider"):
+                print(f"note      {note}")
     for c in space.choices if space is not None else ():
         options = "/".join(",".join(o) or "none" if isinstance(o, tuple) else str(o).lower()
                            for o in c.options)

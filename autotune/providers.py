@@ -55,8 +55,8 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in [
              # streams: parallel inference streams (latency wants one).
              {"precision": ("default", "f32", "bf16"), "threads": (0, 1, 2), "streams": (1, 2)},
              {"precision": ("bf16",)},
-             "onnxruntime-ep-openvino (pip install -e '.[openvino]'; Intel devices) or the "
-             "onnxruntime-openvino build of ONNX Runtime (any x86-64 CPU)",
+             "pip install onnxruntime-ep-openvino (a plugin beside onnxruntime; Intel devices), "
+             "or onnxruntime-openvino in place of onnxruntime (any x86-64 CPU)",
              lossy_defaults=True),
     Provider("cuda", "CUDAExecutionProvider",
              {"conv_algo_search": ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),

@@ -96,7 +96,7 @@ def _quantize(source: Path, out: Path, q: "Quantization", data_file: Path,
                     weight_type=types[q.weight_type], calibrate_method=methods[q.calibration],
                     nodes_to_quantize=nodes,
                     extra_options={"ActivationSymmetric": q.activation_type == "int8"})
-    if "calibration_cache_path" not in inspect.signature(ort_quantize_static).parameters:
+    if not reads_ranges():
         # An older quantizer (the onnxruntime-openvino 1.24 build) calibrates every time and
         # takes no ranges from outside, so its Entropy would be MinMax's (see _entropy_ranges).
         if q.calibration == "entropy":
@@ -110,6 +110,14 @@ def _quantize(source: Path, out: Path, q: "Quantization", data_file: Path,
             _entropy_ranges(source, data_file, ranges)
         ort_quantize_static(str(source), str(out), _Reader(data_file), **settings,
                             calibration_cache_path=str(ranges))
+
+
+def reads_ranges() -> bool:
+    """Whether the installed quantize_static takes calibrated ranges from a file (ORT 1.32 does,
+    the onnxruntime-openvino 1.24 build does not): Entropy calibration here needs it."""
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    return "calibration_cache_path" in inspect.signature(ort_quantize_static).parameters
 
 
 def _ort_version() -> str:

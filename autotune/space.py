@@ -105,27 +105,38 @@ class SearchSpace:
         return int(np.prod([len(c.options) for c in self.choices]))
 
     def for_machine(self, found: dict[str, providers.Availability] | None = None) -> SearchSpace:
-        """The space without the execution providers this machine lacks (their options and
-        start points go with them), and a note for each saying why."""
+        """The space without what this machine lacks, and a note for each saying why: the
+        execution providers it does not have (their options and start points go with them),
+        and Entropy calibration where the installed quantizer cannot run it."""
+        from autotune.quantize import reads_ranges
+
         found = found if found is not None else providers.available()
         asked = next((c.options for c in self.choices if c.key == "execution_provider"), ())
         missing = [p for p in asked if p in found and not found[p].ok]
-        if not missing:
-            return self
         kept = tuple(p for p in asked if p not in missing)
-        notes = tuple(f"execution provider {p}: not offered: {found[p].how}" for p in missing)
-        if not kept:
+        notes = [f"execution provider {p}: not offered: {found[p].how}" for p in missing]
+        if asked and not kept:
             raise UsageError(f"search space `{self.name}`: none of its execution providers is on "
                              f"this machine; {'; '.join(notes)}")
+        no_entropy = not reads_ranges() and any(
+            c.key == "quantization.calibration" and "entropy" in c.options for c in self.choices)
+        if no_entropy:
+            notes.append("calibration entropy: not offered: this onnxruntime's quantize_static "
+                         "takes no calibrated ranges (calibration_cache_path)")
+        if not notes:
+            return self
         choices = []
         for c in self.choices:
             if c.key == "execution_provider":
                 if kept != ("cpu",):  # the baseline's alone is no choice
                     choices.append(Choice(c.key, kept))
+            elif c.key == "quantization.calibration" and no_entropy:
+                choices.append(Choice(c.key, tuple(o for o in c.options if o != "entropy")))
             elif c.key not in PROVIDER_KEYS or c.key.split(".", 1)[0] in kept:
                 choices.append(c)
-        start = tuple(p for p in self.start if p.get("execution_provider", "cpu") not in missing)
-        return replace(self, choices=tuple(choices), start=start, notes=self.notes + notes)
+        start = tuple(p for p in self.start if p.get("execution_provider", "cpu") not in missing
+                      and not (no_entropy and p.get("quantization.calibration") == "entropy"))
+        return replace(self, choices=tuple(choices), start=start, notes=self.notes + tuple(notes))
 
 
 def load(name_or_path: str, machine: bool = True) -> SearchSpace:

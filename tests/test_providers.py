@@ -203,3 +203,16 @@ def test_the_readme_loader_is_the_one_every_tuned_model_directory_shows():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert LOAD_LINES.replace("MODEL", "runs/digits/best/model.onnx").replace(
         "SESSION", "runs/digits/best/session.json") in readme
+
+
+def test_entropy_is_not_offered_where_the_quantizer_cannot_take_its_ranges(monkeypatch):
+    from autotune import quantize
+
+    monkeypatch.setattr(quantize, "reads_ranges", lambda: False)
+    space = spaces.load("cpu-int8", machine=False).for_machine(_found())
+    options = dict((c.key, c.options) for c in space.choices)["quantization.calibration"]
+    assert options == ("minmax", "percentile")
+    assert any("calibration entropy: not offered" in n for n in space.notes)
+    monkeypatch.setattr(quantize, "reads_ranges", lambda: True)
+    space = spaces.load("cpu-int8", machine=False).for_machine(_found())
+    assert "entropy" in dict((c.key, c.options) for c in space.choices)["quantization.calibration"]
