@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from autotune import space as spaces
 from autotune.errors import UsageError, did_you_mean
 from autotune.measure import Measurement
 from autotune.objective import Objective
 from autotune.plan import InvalidPlan, Plan
-from autotune import space as spaces
 from autotune.space import SearchSpace
 from autotune.store import Ledger
 

@@ -28,13 +28,14 @@ from autotune import providers, space, workload
 from autotune.measure import Cache, Measurer, Protocol, machine
 from autotune.objective import Objective
 from autotune.plan import Plan
+from autotune.strategies import Presets
 from autotune.tune import tune
 
 MODELS = ["zoo:resnet18", "zoo:mobilenet_v2", "wheel:ppocr_det", "wheel:ppocr_cls"]
 FINAL = Protocol(min_runs=60, min_seconds=6.0, max_seconds=60.0)  # the one interleaved run
-BY_HAND = {"OpenVINO EP, defaults": {"execution_provider": "openvino"},
-           "OpenVINO EP + INT8 by hand": {"execution_provider": "openvino",
-                                          "quantization": "static"}}
+# What a user who knows the provider gets without tuning: the presets strategy's plans for it.
+BY_HAND = dict(zip(("OpenVINO EP, defaults", "OpenVINO EP + INT8 by hand"),
+                   ({"execution_provider": "openvino", **extra} for extra in Presets.PER_PROVIDER)))
 
 
 def main() -> None:

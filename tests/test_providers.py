@@ -216,3 +216,56 @@ def test_entropy_is_not_offered_where_the_quantizer_cannot_take_its_ranges(monke
     monkeypatch.setattr(quantize, "reads_ranges", lambda: True)
     space = spaces.load("cpu-int8", machine=False).for_machine(_found())
     assert "entropy" in dict((c.key, c.options) for c in space.choices)["quantization.calibration"]
+
+
+class ProviderFake:
+    """OpenVINO is twice as fast, and loses accuracy unless in f32; each INT8 site adds 10%."""
+
+    def __init__(self, w):
+        self.workload = w
+
+    def measure(self, plan):
+        r = plan.runtime
+        options = dict(r.provider_options)
+        speed = (2.0 if r.execution_provider == "openvino" else 1.0) * (1 + 0.1 * len(plan.int8_sites))
+        lossy = r.execution_provider == "openvino" and options.get("precision", "default") != "f32"
+        return Measurement("ok", latency_ms=10 / speed, baseline_ms=10.0, speedup=speed,
+                           speedup_ci=(speed * 0.99, speed * 1.01), runs=20, peak_memory_mb=10.0,
+                           model_size_mb=1.0, accuracy=0.9 if lossy else 0.95, metric="top1")
+
+    def build(self, plan, out_dir):
+        from autotune.plan import Candidate
+
+        return Candidate(self.workload.model_path, session_settings(plan.runtime))
+
+
+@pytest.mark.parametrize("strategy", ["tpe", "random", "nsga2"])
+def test_optuna_and_random_search_the_provider_as_a_dimension(strategy, mlp_path, tmp_path):
+    from autotune import workload
+    from autotune.tune import tune
+
+    space = spaces.parse({"name": "p", "choices": {
+        "execution_provider": ["cpu", "openvino"], "openvino.precision": ["default", "f32", "bf16"],
+        "intra_op_threads": [0, 1]}, "start": [{"execution_provider": "openvino"}]})
+    w = workload.load(str(mlp_path))
+    result = tune(w, space, strategy=strategy, budget=10, out=tmp_path / strategy, quiet=True,
+                  measurer=ProviderFake(w), objective=Objective(max_accuracy_drop=0.01))
+    assert result.best is not None
+    assert result.best.plan.runtime.execution_provider == "openvino"
+    assert dict(result.best.plan.runtime.provider_options) == {"precision": "f32"}
+
+
+def test_the_greedy_runs_its_sites_on_the_provider_of_its_fastest_start_point(mlp_path, tmp_path):
+    from autotune import workload
+    from autotune.space import Choice, SearchSpace
+    from autotune.tune import tune
+
+    space = SearchSpace("g", "", (Choice("site:int8_node:n0", ("fp32", "int8")),), start=(
+        {"execution_provider": "openvino"},  # over the limit
+        {"execution_provider": "openvino", "openvino.precision": "f32"}))
+    w = workload.load(str(mlp_path))
+    result = tune(w, space, strategy="greedy", budget=5, out=tmp_path / "g", quiet=True,
+                  measurer=ProviderFake(w), objective=Objective(max_accuracy_drop=0.01))
+    plan = result.best.plan
+    assert plan.int8_sites == ["int8_node:n0"] and plan.runtime.execution_provider == "openvino"
+    assert dict(plan.runtime.provider_options) == {"precision": "f32"}
