@@ -67,6 +67,9 @@ class PPO(Strategy):
 
     def __init__(self, space: SearchSpace, seed: int = 0, workload: Any = None,
                  policy: Path | None = None) -> None:
+        from autotune.env import check_space
+
+        check_space(space)  # before anything is measured or written
         super().__init__(space, seed)
         self.workload, self.policy = workload, policy
         episode = len(space.choices)

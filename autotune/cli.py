@@ -11,8 +11,15 @@ from autotune.errors import AutotuneError
 EPILOG = "Docs and examples: README.md. Every command exits 2 on bad input, with one line saying why."
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (it prints the usage first), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="autotune", epilog=EPILOG,
+    p = _Parser(prog="autotune", epilog=EPILOG,
                                 description="Measured auto-tuning of ONNX models for ONNX Runtime.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -21,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     zsub.add_parser("list", help="list the zoo's models")
     ze = zsub.add_parser("export", help="write a zoo model to an .onnx file (trains it once)")
     ze.add_argument("name")
-    ze.add_argument("-o", "--output", required=True, type=Path, metavar="FILE.onnx")
+    ze.add_argument("-o", "--out", "--output", dest="output", required=True, type=Path,
+                    metavar="FILE.onnx")
 
     t = sub.add_parser("tune", help="search for a faster configuration and export it",
                        description="Measures the ORT_ENABLE_ALL baseline, searches the space within "
@@ -44,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="what to improve; pareto: speedup, peak memory and accuracy together "
                         "(the run keeps their Pareto front) (default: latency)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", required=True, type=Path, metavar="RUN_DIR")
+    t.add_argument("-o", "--out", required=True, type=Path, metavar="RUN_DIR")
     t.add_argument("--timeout", type=float, default=900,
                    help="seconds allowed to build, and to measure, one candidate (default: 900)")
     t.add_argument("--no-cache", action="store_true", help="measure everything anew")
@@ -81,8 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--pick", default=None, help="fastest, smallest, most-accurate (points of "
                    "the front within the accuracy limit) or a trial number (default: as the "
                    "run's objective: fastest, or smallest for --objective memory)")
-    e.add_argument("--out", type=Path, default=None,
-                   help="where to write it (default: RUN_DIR/pick-<PICK>)")
+    e.add_argument("-o", "--out", type=Path, default=None,
+                   help="where to write it (default: RUN_DIR/pick-<PICK>); it must not exist")
+    e.add_argument("--force", action="store_true", help="replace --out if it exists")
 
     r = sub.add_parser("replay", help="rebuild the plan of a saved environment state or of a "
                                       "report's trial, and re-measure it",
@@ -90,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "search space and actions (autotune.env.save_state writes "
                                    "one), or from a trial file of a report (results/NAME/replay/).")
     r.add_argument("state", type=Path, metavar="STATE.json")
-    r.add_argument("--out", type=Path, default=None,
+    r.add_argument("-o", "--out", type=Path, default=None,
                    help="write the candidate there: model.onnx, session.json, plan.json")
     r.add_argument("--validate", action="store_true",
                    help="measure it again (uncached) and say whether the state's reward (a "
@@ -103,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
                                       "yet, one `tune` run each, into --out; run it again "
                                       "after a stop and it resumes where it was.")
     er.add_argument("spec", type=Path, metavar="SPEC.yaml")
-    er.add_argument("--out", type=Path, default=None,
+    er.add_argument("-o", "--out", type=Path, default=None,
                     help="the experiment directory (default: runs/<name>)")
     er.add_argument("--dry-run", action="store_true",
                     help="list the cells, what is done, and the time the rest should take")
@@ -116,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("source", type=Path, metavar="DIR",
                     help="an experiment directory, a run directory, or a report's directory or "
                          "trials.csv")
-    rp.add_argument("--out", type=Path, default=None,
+    rp.add_argument("-o", "--out", type=Path, default=None,
                     help="where to write (default: results/<name>, or the report's own "
                          "directory)")
     rp.add_argument("--no-plots", action="store_true", help="tables and CSV only")
@@ -131,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
                     "POLICY.zip`, which refines it with real measurements.")
     at.add_argument("--workloads", nargs="+", required=True, metavar="W",
                     help="workload specs (envs/*.yaml), .onnx files or zoo:NAME")
-    at.add_argument("--out", required=True, type=Path, metavar="POLICY.zip")
+    at.add_argument("-o", "--out", required=True, type=Path, metavar="POLICY.zip")
     at.add_argument("--search-space", default="cpu-int8",
                     help="a name in search_spaces/ or a YAML path (default: cpu-int8)")
     at.add_argument("--steps", type=int, default=30_000,
@@ -146,6 +155,10 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="re-measure a tuned-model directory against the baseline")
     v.add_argument("directory", type=Path)
     _workload_args(v, model=False)
+    for verb in (v, r):  # they measure too
+        verb.add_argument("--timeout", type=float, default=900,
+                          help="seconds allowed to build, and to measure, one candidate "
+                               "(default: 900)")
     return p
 
 
@@ -178,7 +191,6 @@ def _zoo(args) -> int:
 def _tune(args) -> int:
     from autotune import space as spaces
     from autotune import workload as workloads
-    from autotune.measure import Protocol
     from autotune.objective import Objective
     from autotune.tune import default_cache, tune
 
@@ -187,7 +199,7 @@ def _tune(args) -> int:
     objective = Objective(args.objective, args.max_accuracy_drop)
     space = spaces.load(args.search_space)
     w = workloads.load(args.model, workload=args.workload, shapes=args.shape, metric=args.metric)
-    protocol = Protocol(build_timeout=args.timeout, measure_timeout=args.timeout)
+    protocol = _protocol(args)
     result = tune(w, space, strategy=args.strategy, budget=args.budget, objective=objective,
                   seed=args.seed, out=args.out, protocol=protocol,
                   cache=None if args.no_cache else default_cache(), command=sys.argv,
@@ -299,6 +311,9 @@ def _export(args) -> int:
     chosen = pareto.pick(trials, baseline, which, objective)
     w = workloads.from_spec(info["workload"])
     dest = args.out or args.run_dir / f"pick-{which}"
+    if dest.exists() and not args.force:
+        raise AutotuneError(f"{dest} already exists; choose another --out, or add --force to "
+                            f"replace it")
     claim = {"fastest": "faster", "smallest": "smaller"}.get(which, "as-measured")
     export.write(dest, w, Measurer(w), baseline, None if chosen.is_baseline else chosen, objective,
                  claim)
@@ -322,7 +337,7 @@ def _replay(args) -> int:
         return _replay_trial(args, state)
     w, plan, reward = replay(state)
     print(f"plan: {plan.describe()}")
-    measurer = Measurer(w)
+    measurer = Measurer(w, _protocol(args))
     if args.out is not None:
         _write_candidate(measurer, plan, args.out)
         print(f"candidate: {args.out}")
@@ -379,7 +394,7 @@ def _replay_trial(args, trial: dict) -> int:
     src = trial.get("source", {})
     print(f"plan: {plan.describe()}\n  from {src.get('experiment')} {src.get('cell')} "
           f"trial {src.get('trial')}, measured on {src.get('cpu')}")
-    measurer = Measurer(w)
+    measurer = Measurer(w, _protocol(args))
     if args.out is not None:
         _write_candidate(measurer, plan, args.out)
         print(f"candidate: {args.out}")
@@ -451,12 +466,20 @@ def _agent(args) -> int:
     return 0
 
 
+def _protocol(args):
+    from autotune.measure import Protocol
+
+    if args.timeout <= 0:
+        raise AutotuneError(f"--timeout must be positive, got {args.timeout}")
+    return Protocol(build_timeout=args.timeout, measure_timeout=args.timeout)
+
+
 def _verify(args) -> int:
     from autotune import export
     from autotune import workload as workloads
 
     w = workloads.load(workload=args.workload) if args.workload else None
-    passed, message = export.verify(args.directory, w)
+    passed, message = export.verify(args.directory, w, _protocol(args))
     print(message)
     return 0 if passed else 1
 
@@ -471,7 +494,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autotune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("autotune: interrupted", file=sys.stderr)
+        from autotune.tune import stopped
+
+        again = (f"; run the same command again to resume the run in {args.out}"
+                 if args.command == "tune" and stopped(args.out) else "")
+        print(f"autotune: interrupted{again}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `autotune sites ... | head`
         sys.stderr.close()

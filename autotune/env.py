@@ -26,6 +26,7 @@ import gymnasium as gym
 import numpy as np
 
 from autotune import register_envs
+from autotune.errors import UsageError
 from autotune.measure import Measurement, Measurer
 from autotune.objective import Reward, make_reward
 from autotune.plan import InvalidPlan, Plan
@@ -71,6 +72,15 @@ def _observation_layout() -> list[tuple[str, str]]:
 OBSERVATION = _observation_layout()
 
 
+def check_space(space: SearchSpace) -> None:
+    """UsageError if a choice of `space` has more options than the environment has actions."""
+    too_many = [c.key for c in space.choices if len(c.options) > MAX_OPTIONS]
+    if too_many:
+        raise UsageError(f"search space `{space.name}`: choice {too_many[0]} has more than "
+                         f"{MAX_OPTIONS} options, more than the environment's actions; split it, "
+                         f"or use a strategy other than ppo")
+
+
 class OnnxTuneEnv(gym.Env):
     """See the module's docstring. `workload`: a Workload, a path, zoo:NAME or an envs/ YAML;
     `search_space`: a SearchSpace or a name in search_spaces/; `reward`: a Reward or its name
@@ -95,12 +105,10 @@ class OnnxTuneEnv(gym.Env):
         self.reward = make_reward(reward, max_accuracy_drop)
         self.measurer = measurer or Measurer(self.workload, cache=default_cache())
         self.render_mode = render_mode
-        too_many = [c.key for c in self.space.choices if len(c.options) > MAX_OPTIONS]
-        if too_many:
-            raise ValueError(f"{too_many[0]} has more than {MAX_OPTIONS} options")
+        check_space(self.space)
         self.choices = list(self.space.choices)
         if not self.choices:
-            raise ValueError(f"search space `{self.space.name}` has no choices for this model")
+            raise UsageError(f"search space `{self.space.name}` has no choices for this model")
         self.site_of = {f"site:{s.id}": s for s in self.space.sites}
         self.action_space = gym.spaces.Discrete(MAX_OPTIONS)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (len(OBSERVATION),), np.float32)

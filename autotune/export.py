@@ -104,6 +104,8 @@ def write(dest: Path, workload: "Workload", measurer: Measurer, baseline: "Trial
     (staging / "plan.json").write_text(json.dumps(chosen.plan.to_dict(), indent=2) + "\n")
     (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (staging / "README.md").write_text(_readme(report))
+    if dest.is_file() or dest.is_symlink():  # only asked for (`export --force`)
+        dest.unlink()
     shutil.rmtree(dest, ignore_errors=True)
     staging.rename(dest)
     return dest
@@ -188,14 +190,22 @@ def verify(directory: Path, workload: "Workload | None" = None,
     if missing:
         raise UsageError(f"{directory} is not a tuned-model directory (no {missing[0]}); "
                          f"give the best/ directory that `autotune tune` wrote")
-    report = json.loads((directory / "report.json").read_text())
-    settings = json.loads((directory / "session.json").read_text())
-    if workload is None:
-        workload = workloads.from_spec(report["workload"])
+    try:
+        report = json.loads((directory / "report.json").read_text())
+        settings = json.loads((directory / "session.json").read_text())
+        limit = float(report["objective"]["max_accuracy_drop"])
+        target, tuned = report["objective"]["target"], bool(report["tuned"])
+        was_speed, was_peak = report["speedup"], report["candidate"]["peak_memory_mb"]
+        base_peak = report["baseline"]["peak_memory_mb"]
+        if workload is None:
+            workload = workloads.from_spec(report["workload"])
+    except (ValueError, KeyError, TypeError) as exc:  # json's errors are ValueErrors
+        raise UsageError(f"{directory} holds a report.json or session.json that autotune did not "
+                         f"write ({type(exc).__name__}: {exc}); export the directory again with "
+                         f"`autotune export`") from None
     m = Measurer(workload, protocol).measure_built(directory / "model.onnx", settings)
     if not m.ok:
         return False, f"failed: {m.reason}"
-    limit = report["objective"]["max_accuracy_drop"]
     if m.metric == "fidelity":
         drop = m.output_error
     else:
@@ -205,9 +215,9 @@ def verify(directory: Path, workload: "Workload | None" = None,
     what = "output error" if m.metric == "fidelity" else "accuracy loss"
     if drop > limit + 1e-9:
         return False, f"failed: {what} {drop:.4f} exceeds the limit {limit}; {speed}"
-    claim = report.get("claim") or ("smaller" if report["objective"]["target"] == "memory"
+    claim = report.get("claim") or ("smaller" if target == "memory"
                                     else "faster")
-    if report["tuned"] and claim == "as-measured":
+    if tuned and claim == "as-measured":
         # A point kept for what it is (any point of a Pareto front) must still be what the run
         # measured. Some settings (threads, memory arena) move latency 10-50% from one process
         # to the next, more than any one process's CI shows: so it is timed in more fresh
@@ -217,7 +227,6 @@ def verify(directory: Path, workload: "Workload | None" = None,
         runs = [m] + [x for x in more if x.ok]
         speeds = sorted(x.speedup for x in runs)
         peaks = sorted(x.peak_memory_mb for x in runs if x.peak_memory_mb)
-        was_speed, was_peak = report["speedup"], report["candidate"]["peak_memory_mb"]
         spread = ", ".join(f"{x:.2f}x" for x in speeds)
         if not speeds[0] / 1.1 <= was_speed <= speeds[-1] * 1.1:
             return False, (f"failed: speedup {spread} in {len(runs)} fresh processes, the run "
@@ -227,15 +236,14 @@ def verify(directory: Path, workload: "Workload | None" = None,
                            f"{len(runs)} fresh processes, the run measured {was_peak:.1f} MB")
         speed = (f"speedup {spread} in {len(runs)} fresh processes (the run: {was_speed:.2f}x), "
                  f"peak memory {m.peak_memory_mb:.1f} MB (the run: {was_peak:.1f} MB)")
-    if report["tuned"] and claim == "faster" and lo <= 1.0:
+    if tuned and claim == "faster" and lo <= 1.0:
         return False, f"failed: no longer faster than ORT_ENABLE_ALL: {speed}; {what} {drop:.4f}"
-    if report["tuned"] and claim == "smaller":
-        base_peak = report["baseline"]["peak_memory_mb"]
+    if tuned and claim == "smaller":
         if hi < 1.0:
             return False, f"failed: slower than ORT_ENABLE_ALL: {speed}; {what} {drop:.4f}"
         if not m.peak_memory_mb or not base_peak or m.peak_memory_mb >= base_peak:
             return False, (f"failed: peak memory {m.peak_memory_mb:.1f} MB is not below the "
                            f"baseline's {base_peak:.1f} MB")
         speed += f", peak memory {m.peak_memory_mb:.1f} MB (baseline {base_peak:.1f} MB)"
-    kind = "" if report["tuned"] else " (the baseline configuration)"
+    kind = "" if tuned else " (the baseline configuration)"
     return True, f"passed{kind}: {speed}, {what} {drop:.4f}"

@@ -17,7 +17,18 @@ from autotune.errors import UsageError, did_you_mean
 from autotune.plan import Plan, Quantization, RuntimeChoices
 from autotune.sites import RULES, Site, compatible
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def _builtin_spaces():
+    """The search spaces that ship with onnx-autotune: inside the installed package (a wheel's
+    autotune/search_spaces/), or the project's search_spaces/ (a checkout, an editable install)."""
+    from importlib import resources
+
+    packaged = resources.files("autotune").joinpath("search_spaces")
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+SPACES_DIR = _builtin_spaces()
 _RUNTIME_KEYS = {f.name for f in fields(RuntimeChoices)} - {"provider_options"}
 _QUANT_KEYS = {f"quantization.{f.name}" for f in fields(Quantization) if f.name != "mode"}
 PROVIDER_KEYS = set(providers.OPTION_KEYS)  # <provider>.<option>, e.g. openvino.precision
@@ -146,7 +157,7 @@ def load(name_or_path: str, machine: bool = True) -> SearchSpace:
     if not path.suffix:
         path = SPACES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+        known = sorted(p.name[:-5] for p in SPACES_DIR.iterdir() if p.name.endswith(".yaml"))
         raise UsageError(f"no search space `{name_or_path}`.{did_you_mean(name_or_path, known)} "
                          f"Known: {', '.join(known)}, or give a path to a YAML file")
     try:

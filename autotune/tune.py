@@ -68,10 +68,26 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
         raise UsageError(f"--budget must be >= 0, got {budget}")
     if heartbeat_seconds < 1:
         raise UsageError(f"--heartbeat must be at least 1 second, got {heartbeat_seconds}")
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} already exists and is not empty; choose a new --out directory "
-                         f"or remove it")
+    if workload.metric == "top1" and objective.max_accuracy_drop > 1:
+        raise UsageError(f"--max-accuracy-drop {objective.max_accuracy_drop} is more than the "
+                         f"whole top-1 scale: it is a fraction (0.01 = one point)")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a directory for the run")
     strategies.make(strategy, space, seed, workload, policy)  # bad names fail before measuring
+    if out.exists() and any(out.iterdir()):
+        if not stopped(out) or storage:
+            raise UsageError(f"{out} already exists and is not empty; choose a new --out "
+                             f"directory or remove it")
+        asked = {"workload": workload.digest(), "search space": spaces.to_spec(space),
+                 "strategy": strategy, "budget": budget, "objective": asdict(objective),
+                 "seed": seed, "protocol": asdict(protocol)}
+        if (why := _differs(RunStore(out).run_info(), asked)) is not None:
+            raise UsageError(f"{out} holds a stopped run whose {why}; run its own command again "
+                             f"to resume it (see {out / 'run.json'}), or choose a new --out")
+        progress = progress or Progress(budget, quiet=quiet)
+        kept = sum(1 for t in RunStore(out).trials() if not t.is_baseline)
+        progress.say(f"resuming the stopped run in {out}: {kept} finished trial(s) kept")
+        return resume(out, cache=cache, quiet=quiet, measurer=measurer, progress=progress)
     study = study or (out.name if storage else "autotune")
     if storage:
         Ledger.check_new(storage, study)
@@ -122,6 +138,29 @@ def join(storage: str, study: str, *, cache: Cache | None = None, quiet: bool = 
                                    info["strategy"].get("policy"))
         _work(ledger, searcher, measurer, base_m, objective, info["budget"], seed, progress)
     return ledger.trials(worker=worker_id())
+
+
+def stopped(out: Path) -> bool:
+    """Whether RUN_DIR holds a run of its own that stopped before its export."""
+    store = RunStore(out)
+    return (store.exists() and not (Path(out) / "best" / "report.json").is_file()
+            and not store.run_info().get("storage"))
+
+
+def _differs(info: dict[str, Any], asked: dict[str, Any]) -> str | None:
+    """Which argument of a new command differs from the stopped run's, or None."""
+    import json
+
+    had = {"workload": info["workload_digest"], "search space": info["search_space_spec"],
+           "strategy": info["strategy"]["name"], "budget": info["budget"],
+           "objective": info["objective"], "seed": info["seed"], "protocol": info["protocol"]}
+    for key, value in asked.items():
+        if json.dumps(value, sort_keys=True, default=str) != json.dumps(had[key], sort_keys=True,
+                                                                       default=str):
+            if key in ("budget", "seed", "strategy"):
+                return f"{key} is {had[key]}, not {value}"
+            return f"{key} differs"
+    return None
 
 
 def resume(out: Path, *, cache: Cache | None = None, quiet: bool = False,

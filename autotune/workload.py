@@ -135,9 +135,22 @@ def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: str, int_hi
     return rng.integers(0, int_high, shape).astype(dtype)
 
 
+def npz_arrays(path: Path | str) -> dict[str, np.ndarray]:
+    """Every array of a user's .npz, each read once; WorkloadError if it is not an .npz of
+    plain (not pickled) arrays."""
+    import zipfile
+
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WorkloadError(f"data file {path} is not an .npz of plain arrays ({why}); save one "
+                            f"numeric array per input with numpy.savez") from None
+
+
 def _read_npz(w: Workload, path: Path) -> tuple[dict, np.ndarray | None]:
-    with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files}
+    arrays = npz_arrays(path)
     missing = [name for name in w.shapes if name not in arrays]
     if missing:
         raise WorkloadError(f"{path} has no array for input `{missing[0]}` (it has "
@@ -158,6 +171,8 @@ def _model_inputs(path: Path) -> list[tuple[str, list[int | str | None], str]]:
     """(name, dims, numpy dtype) of each real input; dims hold ints or symbolic names."""
     import onnx
 
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path} is empty (0 bytes), not an ONNX model; re-export it")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
@@ -176,6 +191,8 @@ def _model_inputs(path: Path) -> list[tuple[str, list[int | str | None], str]]:
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                 for d in t.shape.dim]
         inputs.append((inp.name, dims, np.dtype(_ONNX_DTYPES[t.elem_type]).name))
+    if not inputs and not model.graph.node:
+        raise ModelError(f"{path} is not an ONNX model (it holds no graph); re-export it")
     if not inputs:
         raise ModelError(f"{path} has no inputs to feed")
     return inputs
@@ -260,6 +277,8 @@ def load(model: str | None = None, *, workload: str | Path | dict | None = None,
         model_path = Path(model_ref) if Path(model_ref).is_absolute() else base / model_ref
         if not isinstance(workload, (str, Path)) or model is not None:
             model_path = Path(model_ref)
+        if model_path.is_dir():
+            raise ModelError(f"model file {model_path} is a directory; give the .onnx file in it")
         if not model_path.is_file():
             raise ModelError(f"model file {model_path} does not exist")
         default_shapes = {}
@@ -291,9 +310,9 @@ def load(model: str | None = None, *, workload: str | Path | dict | None = None,
 
     has_labels = source == "zoo" and zoo.get(model_ref[4:]).labeled
     if source == "npz":
-        with np.load(data["path"]) as f:
-            has_labels = "labels" in f.files
-            total = min(len(f[name]) for name in bound) if all(n in f.files for n in bound) else 0
+        arrays = npz_arrays(data["path"])
+        has_labels = "labels" in arrays
+        total = min(len(arrays[name]) for name in bound) if all(n in arrays for n in bound) else 0
         data.setdefault("calibration", max(1, min(64, total // 4)))
         data.setdefault("evaluation", max(1, min(500, total - data["calibration"])))
     elif source == "zoo":

@@ -1,4 +1,6 @@
 """Bad input: one line naming the problem, exit 2, no traceback, nothing under RUN_DIR."""
+from pathlib import Path
+
 import onnx
 import pytest
 from onnx import helper
@@ -30,6 +32,13 @@ def _custom_op_model(path):
     ("custom_op", "does not run on ONNX Runtime"),
     ("bad_space", "no search space `runtim`. Did you mean `runtime`"),
     ("bad_strategy", "no strategy `randon`. Did you mean `random`"),
+    ("empty", "is empty (0 bytes), not an ONNX model"),
+    ("directory", "is a directory; give the .onnx file in it"),
+    ("pickled_npz", "is not an .npz of plain arrays"),
+    ("out_is_a_file", "is a file; give a directory"),
+    ("drop_over_the_scale", "more than the whole top-1 scale"),
+    ("ppo_too_many_options", "more than 8 options"),
+    ("argparse", "invalid int value"),
 ])
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, mlp_path, case, expect):
     out = tmp_path / "run"
@@ -58,11 +67,48 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, mlp_path, case, ex
         args += [str(mlp_path), "--search-space", "runtim"]
     elif case == "bad_strategy":
         args += [str(mlp_path), "--strategy", "randon"]
-    code, err = _run(capsys, *args)
+    elif case == "empty":
+        (tmp_path / "empty.onnx").write_bytes(b"")
+        args.insert(1, str(tmp_path / "empty.onnx"))
+    elif case == "directory":
+        (tmp_path / "model.onnx").mkdir()
+        args.insert(1, str(tmp_path / "model.onnx"))
+    elif case == "pickled_npz":
+        import numpy as np
+
+        np.savez(tmp_path / "d.npz", x=np.array([{"a": 1}] * 8, dtype=object))
+        spec = tmp_path / "w.yaml"
+        spec.write_text(f"model: {mlp_path}\nshapes: {{x: [1, 16]}}\n"
+                        f"data: {{source: npz, path: d.npz}}\n")
+        args += ["--workload", str(spec)]
+    elif case == "out_is_a_file":
+        out.write_text("mine")
+        args.insert(1, str(mlp_path))
+    elif case == "drop_over_the_scale":
+        from autotune import zoo
+
+        zoo.ensure("digits_cnn")  # trained before: its progress is not the error
+        capsys.readouterr()
+        args += ["zoo:digits_cnn", "--max-accuracy-drop", "5"]
+    elif case == "ppo_too_many_options":
+        space = tmp_path / "wide.yaml"
+        space.write_text("choices:\n  intra_op_threads: [0, 1, 2, 3, 4, 5, 6, 7, 8]\n")
+        args += [str(mlp_path), "--strategy", "ppo", "--search-space", str(space)]
+    elif case == "argparse":
+        args += [str(mlp_path), "--budget", "x"]
+    if case == "argparse":
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        code, err = stop.value.code, capsys.readouterr().err.strip()
+    else:
+        code, err = _run(capsys, *args)
     assert code == 2
     assert expect in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert not out.exists()
+    if case == "out_is_a_file":
+        assert out.read_text() == "mine"
+    else:
+        assert not out.exists()
 
 
 def test_verify_refuses_a_directory_that_is_not_a_tuned_model(tmp_path, capsys):
@@ -70,6 +116,105 @@ def test_verify_refuses_a_directory_that_is_not_a_tuned_model(tmp_path, capsys):
     assert code == 2 and "not a tuned-model directory" in err
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished digits_cnn run (budget 1), for the verbs that read one."""
+    from tests.conftest import mlp
+
+    tmp = tmp_path_factory.mktemp("run")
+    out = tmp / "run"
+    assert main(["tune", str(mlp(tmp / "mlp.onnx")), "--budget", "1", "--out", str(out), "-q"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("report_edited", "did not write"),
+    ("report_not_json", "did not write"),
+    ("export_over_existing", "already exists; choose another --out, or add --force"),
+    ("state_corrupt", ""),
+])
+def test_other_verbs_refuse_bad_input_in_one_line(tmp_path, capsys, finished_run, case, expect):
+    import json
+    import shutil
+
+    if case.startswith("report"):
+        d = tmp_path / "best"
+        shutil.copytree(finished_run / "best", d)
+        report = d / "report.json"
+        if case == "report_edited":
+            report.write_text(json.dumps({**json.loads(report.read_text()), "objective": "x"}))
+        else:
+            report.write_text("{not json")
+        args = ["verify", str(d)]
+    elif case == "export_over_existing":
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "keep.txt").write_text("mine")
+        args = ["export", str(finished_run), "--out", str(tmp_path / "mine")]
+    else:
+        (tmp_path / "state.json").write_text("[1, 2")
+        args = ["replay", str(tmp_path / "state.json")]
+    code, err = _run(capsys, *args)
+    assert code == 2, err
+    assert expect in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    if case == "export_over_existing":
+        assert (tmp_path / "mine" / "keep.txt").read_text() == "mine"
+
+
+def test_export_replaces_an_existing_directory_only_with_force(tmp_path, capsys, finished_run):
+    (tmp_path / "mine").mkdir()
+    assert main(["export", str(finished_run), "-o", str(tmp_path / "mine"), "--force"]) == 0
+    assert (tmp_path / "mine" / "report.json").is_file()
+
+
 def test_unknown_zoo_model(capsys, tmp_path):
     code, err = _run(capsys, "zoo", "export", "resnet19", "-o", str(tmp_path / "m.onnx"))
     assert code == 2 and "Did you mean `resnet18`" in err
+
+
+def test_a_killed_tune_resumes_with_the_same_command_and_refuses_other_arguments(tmp_path, mlp_path):
+    """For real: SIGKILL while a trial is measured, then the same command finishes the budget
+    with no finished trial lost or measured twice; other arguments are refused in one line."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from autotune.store import RunStore
+
+    autotune = Path(sys.executable).parent / "autotune"
+    out = tmp_path / "run"
+    command = [str(autotune), "tune", str(mlp_path), "--budget", "3", "--out", str(out), "-q"]
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+    def running():
+        try:
+            with sqlite3.connect(out / "study.db") as con:
+                return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "study.db").exists() and running() and len(RunStore(out).trials()) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = [(t.number, t.plan.digest()) for t in RunStore(out).trials() if not t.is_baseline]
+    assert done and not (out / "best").exists()
+    other = subprocess.run([*command[:4], "5", *command[5:]], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, timeout=120)
+    assert other.returncode == 2 and "budget is 3, not 5" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+    again = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    trials = [t for t in RunStore(out).trials() if not t.is_baseline]
+    assert [(t.number, t.plan.digest()) for t in trials][:len(done)] == done
+    measured = [t for t in trials if not t.measurement.cached]
+    assert len(measured) == 3 and len({t.plan.digest() for t in measured}) == 3
+    assert (out / "best" / "report.json").is_file()

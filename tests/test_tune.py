@@ -95,3 +95,4 @@ def test_same_seed_proposes_the_same_plans(w, tmp_path):
     a, _ = _tune(w, tmp_path / "a", seed=3)
     b, _ = _tune(w, tmp_path / "b", seed=3)
     assert [t.plan for t in a.trials] == [t.plan for t in b.trials]
+
