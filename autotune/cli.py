@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     ze.add_argument("name")
     ze.add_argument("-o", "--out", "--output", dest="output", required=True, type=Path,
                     metavar="FILE.onnx")
+    ze.add_argument("--force", action="store_true", help="replace FILE.onnx if it exists")
 
     t = sub.add_parser("tune", help="search for a faster configuration and export it",
                        description="Measures the ORT_ENABLE_ALL baseline, searches the space within "
@@ -101,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("state", type=Path, metavar="STATE.json")
     r.add_argument("-o", "--out", type=Path, default=None,
                    help="write the candidate there: model.onnx, session.json, plan.json")
+    r.add_argument("--force", action="store_true", help="replace --out if it exists")
     r.add_argument("--validate", action="store_true",
                    help="measure it again (uncached) and say whether the state's reward (a "
                         "trial's speedup) lies within the new 95%% CI; exit 1 if not")
@@ -141,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     at.add_argument("--workloads", nargs="+", required=True, metavar="W",
                     help="workload specs (envs/*.yaml), .onnx files or zoo:NAME")
     at.add_argument("-o", "--out", required=True, type=Path, metavar="POLICY.zip")
+    at.add_argument("--force", action="store_true", help="replace POLICY.zip if it exists")
     at.add_argument("--search-space", default="cpu-int8",
                     help="a name in search_spaces/ or a YAML path (default: cpu-int8)")
     at.add_argument("--steps", type=int, default=30_000,
@@ -183,6 +186,7 @@ def _zoo(args) -> int:
         for w in wheels.MODELS.values():
             print(f"wheel:{w.name:14s} {'from ' + w.distribution:>27s}  {w.description}")
         return 0
+    _new_output(args.output, args.force)
     out = zoo.export(args.name, args.output)
     print(f"wrote {out} (held-out top-1 {zoo.info(args.name)['top1']:.4f})")
     return 0
@@ -311,9 +315,7 @@ def _export(args) -> int:
     chosen = pareto.pick(trials, baseline, which, objective)
     w = workloads.from_spec(info["workload"])
     dest = args.out or args.run_dir / f"pick-{which}"
-    if dest.exists() and not args.force:
-        raise AutotuneError(f"{dest} already exists; choose another --out, or add --force to "
-                            f"replace it")
+    _new_output(dest, args.force)
     claim = {"fastest": "faster", "smallest": "smaller"}.get(which, "as-measured")
     export.write(dest, w, Measurer(w), baseline, None if chosen.is_baseline else chosen, objective,
                  claim)
@@ -339,6 +341,7 @@ def _replay(args) -> int:
     print(f"plan: {plan.describe()}")
     measurer = Measurer(w, _protocol(args))
     if args.out is not None:
+        _new_output(args.out, args.force)
         _write_candidate(measurer, plan, args.out)
         print(f"candidate: {args.out}")
     if not args.validate:
@@ -357,6 +360,14 @@ def _replay(args) -> int:
         return 0
     print(f"does not hold: {said}")
     return 1
+
+
+def _new_output(path: Path, force: bool) -> None:
+    """A command writes over nothing it did not create: an output that exists is refused,
+    unless --force."""
+    if path.exists() and not force:
+        raise AutotuneError(f"{path} already exists; choose another --out, or add --force to "
+                            f"replace it")
 
 
 def _write_candidate(measurer, plan, out: Path) -> None:
@@ -396,6 +407,7 @@ def _replay_trial(args, trial: dict) -> int:
           f"trial {src.get('trial')}, measured on {src.get('cpu')}")
     measurer = Measurer(w, _protocol(args))
     if args.out is not None:
+        _new_output(args.out, args.force)
         _write_candidate(measurer, plan, args.out)
         print(f"candidate: {args.out}")
     if not args.validate:
@@ -446,6 +458,7 @@ def _agent(args) -> int:
 
     if args.steps < 1:
         raise AutotuneError(f"--steps must be at least 1, got {args.steps}")
+    _new_output(args.out, args.force)
     if args.tensorboard is not None:
         try:
             import tensorboard  # noqa: F401

@@ -160,6 +160,16 @@ def test_other_verbs_refuse_bad_input_in_one_line(tmp_path, capsys, finished_run
         assert (tmp_path / "mine" / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("verb", [["zoo", "export", "digits_cnn"], ["agent", "train", "--workloads",
+                                                                    "zoo:digits_cnn"]])
+def test_commands_that_write_a_file_refuse_one_that_exists(tmp_path, capsys, verb):
+    mine = tmp_path / "mine"
+    mine.write_text("mine")
+    code, err = _run(capsys, *verb, "-o", str(mine))
+    assert code == 2 and "already exists" in err and "--force" in err
+    assert mine.read_text() == "mine"
+
+
 def test_export_replaces_an_existing_directory_only_with_force(tmp_path, capsys, finished_run):
     (tmp_path / "mine").mkdir()
     assert main(["export", str(finished_run), "-o", str(tmp_path / "mine"), "--force"]) == 0

@@ -136,7 +136,9 @@ def export(name: str, out: Path, log: Callable[[str], None] | None = None) -> Pa
     out = Path(out)
     src = ensure(name, log)
     out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, out)
+    partial = out.with_name(out.name + ".partial")  # whole or not at all
+    shutil.copyfile(src, partial)
+    partial.replace(out)
     return out
 
 
