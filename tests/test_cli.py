@@ -128,20 +128,26 @@ def finished_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case, expect", [
-    ("report_edited", "did not write"),
-    ("report_not_json", "did not write"),
+    ("verify_edited_report", "did not write"),
+    ("verify_report_not_json", "did not write"),
     ("export_over_existing", "already exists; choose another --out, or add --force"),
-    ("state_corrupt", ""),
+    ("state_corrupt", "cannot read"),
+    ("sites_empty_model", "is empty (0 bytes)"),
+    ("sites_unsafe_yaml", "is not valid YAML"),
+    ("report_missing", "does not exist"),
+    ("experiment_not_a_mapping", "an experiment is a mapping"),
+    ("worker_no_study", "no study"),
+    ("export_not_a_run", "not a run directory"),
 ])
 def test_other_verbs_refuse_bad_input_in_one_line(tmp_path, capsys, finished_run, case, expect):
     import json
     import shutil
 
-    if case.startswith("report"):
+    if case.startswith("verify"):
         d = tmp_path / "best"
         shutil.copytree(finished_run / "best", d)
         report = d / "report.json"
-        if case == "report_edited":
+        if case == "verify_edited_report":
             report.write_text(json.dumps({**json.loads(report.read_text()), "objective": "x"}))
         else:
             report.write_text("{not json")
@@ -150,9 +156,24 @@ def test_other_verbs_refuse_bad_input_in_one_line(tmp_path, capsys, finished_run
         (tmp_path / "mine").mkdir()
         (tmp_path / "mine" / "keep.txt").write_text("mine")
         args = ["export", str(finished_run), "--out", str(tmp_path / "mine")]
-    else:
+    elif case == "state_corrupt":
         (tmp_path / "state.json").write_text("[1, 2")
         args = ["replay", str(tmp_path / "state.json")]
+    elif case == "sites_empty_model":
+        (tmp_path / "m.onnx").write_bytes(b"")
+        args = ["sites", str(tmp_path / "m.onnx")]
+    elif case == "sites_unsafe_yaml":
+        (tmp_path / "w.yaml").write_text('!!python/object/apply:os.system ["true"]\n')
+        args = ["sites", "--workload", str(tmp_path / "w.yaml")]
+    elif case == "report_missing":
+        args = ["report", str(tmp_path / "nowhere")]
+    elif case == "experiment_not_a_mapping":
+        (tmp_path / "e.yaml").write_text("[1, 2]\n")
+        args = ["experiment", "run", str(tmp_path / "e.yaml"), "--dry-run"]
+    elif case == "worker_no_study":
+        args = ["worker", "--storage", f"sqlite:///{tmp_path / 'none.db'}", "--study", "x", "-q"]
+    else:
+        args = ["export", str(tmp_path)]
     code, err = _run(capsys, *args)
     assert code == 2, err
     assert expect in err and len(err.splitlines()) == 1 and "Traceback" not in err
@@ -181,21 +202,15 @@ def test_unknown_zoo_model(capsys, tmp_path):
     assert code == 2 and "Did you mean `resnet18`" in err
 
 
-def test_a_killed_tune_resumes_with_the_same_command_and_refuses_other_arguments(tmp_path, mlp_path):
-    """For real: SIGKILL while a trial is measured, then the same command finishes the budget
-    with no finished trial lost or measured twice; other arguments are refused in one line."""
+def _stop_mid_trial(command, out, sig):
+    """Starts `command` and sends `sig` to it while a trial after the first is measured."""
     import os
-    import signal
     import sqlite3
     import subprocess
-    import sys
     import time
 
     from autotune.store import RunStore
 
-    autotune = Path(sys.executable).parent / "autotune"
-    out = tmp_path / "run"
-    command = [str(autotune), "tune", str(mlp_path), "--budget", "3", "--out", str(out), "-q"]
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
 
@@ -203,7 +218,7 @@ def test_a_killed_tune_resumes_with_the_same_command_and_refuses_other_arguments
         try:
             with sqlite3.connect(out / "study.db") as con:
                 return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError:  # no tables yet
             return 0
 
     deadline = time.monotonic() + 240
@@ -212,8 +227,44 @@ def test_a_killed_tune_resumes_with_the_same_command_and_refuses_other_arguments
             break
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.killpg(proc.pid, sig)
+    proc.wait(timeout=120)
+    return proc.returncode, proc.stderr.read().decode()
+
+
+def _command(out, mlp_path):
+    import sys
+
+    autotune = Path(sys.executable).parent / "autotune"
+    return [str(autotune), "tune", str(mlp_path), "--budget", "3", "--out", str(out), "-q"]
+
+
+def test_ctrl_c_stops_a_tune_with_a_line_saying_how_to_resume(tmp_path, mlp_path):
+    import signal
+    import subprocess
+
+    out = tmp_path / "run"
+    code, err = _stop_mid_trial(_command(out, mlp_path), out, signal.SIGINT)
+    assert code == 130
+    assert err.strip().splitlines()[-1] == (f"autotune: interrupted; run the same command again "
+                                            f"to resume the run in {out}")
+    again = subprocess.run(_command(out, mlp_path), capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / "best" / "report.json").is_file()
+
+
+def test_a_killed_tune_resumes_with_the_same_command_and_refuses_other_arguments(tmp_path, mlp_path):
+    """For real: SIGKILL while a trial is measured, then the same command finishes the budget
+    with no finished trial lost or measured twice; other arguments are refused in one line."""
+    import signal
+    import subprocess
+
+    from autotune.store import RunStore
+
+    out = tmp_path / "run"
+    command = _command(out, mlp_path)
+    _stop_mid_trial(command, out, signal.SIGKILL)
     done = [(t.number, t.plan.digest()) for t in RunStore(out).trials() if not t.is_baseline]
     assert done and not (out / "best").exists()
     other = subprocess.run([*command[:4], "5", *command[5:]], capture_output=True, text=True,
