@@ -233,7 +233,9 @@ def cells(spec: Spec) -> list[Cell]:
 
 
 def finished(cell_dir: Path) -> bool:
-    return (cell_dir / "best" / "report.json").is_file()
+    from autotune.store import RunStore
+
+    return RunStore(cell_dir).finished()
 
 
 def measured(cell_dir: Path) -> list:

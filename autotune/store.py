@@ -325,10 +325,12 @@ class Ledger:
         a = f.user_attrs
         if "skipped" in a or "plan" not in a:
             return None
+        if f.state == optuna.trial.TrialState.RUNNING:
+            # Being measured, or recorded but not yet told (a worker killed between the two
+            # leaves its measurement here): finished only once told, else set aside on resume.
+            return None
         if "measurement" in a:
             return Trial.from_dict({**a, "number": f.number})
-        if f.state == optuna.trial.TrialState.RUNNING:
-            return None  # being measured
         reason = (f"the worker {a.get('worker', '?')} stopped during the measurement (killed, "
                   f"or its machine lost): no heartbeat for {3 * self.heartbeat_seconds} s"
                   if f.state == optuna.trial.TrialState.FAIL else f"ended {f.state.name.lower()}")
@@ -381,6 +383,10 @@ class RunStore:
 
     def exists(self) -> bool:
         return (self.dir / "run.json").is_file()
+
+    def finished(self) -> bool:
+        """Whether the run got as far as its export (RUN_DIR/best/report.json, written last)."""
+        return (self.dir / "best" / "report.json").is_file()
 
     def run_info(self) -> dict[str, Any]:
         return json.loads((self.dir / "run.json").read_text())

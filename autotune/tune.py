@@ -81,11 +81,12 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
         asked = {"workload": workload.digest(), "search space": spaces.to_spec(space),
                  "strategy": strategy, "budget": budget, "objective": asdict(objective),
                  "seed": seed, "protocol": asdict(protocol)}
-        if (why := _differs(RunStore(out).run_info(), asked)) is not None:
+        stopped_run = RunStore(out)
+        if (why := _differs(stopped_run.run_info(), asked)) is not None:
             raise UsageError(f"{out} holds a stopped run whose {why}; run its own command again "
                              f"to resume it (see {out / 'run.json'}), or choose a new --out")
         progress = progress or Progress(budget, quiet=quiet)
-        kept = sum(1 for t in RunStore(out).trials() if not t.is_baseline)
+        kept = sum(1 for t in stopped_run.trials() if not t.is_baseline)
         progress.say(f"resuming the stopped run in {out}: {kept} finished trial(s) kept")
         return resume(out, cache=cache, quiet=quiet, measurer=measurer, progress=progress)
     study = study or (out.name if storage else "autotune")
@@ -143,8 +144,7 @@ def join(storage: str, study: str, *, cache: Cache | None = None, quiet: bool = 
 def stopped(out: Path) -> bool:
     """Whether RUN_DIR holds a run of its own that stopped before its export."""
     store = RunStore(out)
-    return (store.exists() and not (Path(out) / "best" / "report.json").is_file()
-            and not store.run_info().get("storage"))
+    return store.exists() and not store.finished() and not store.run_info().get("storage")
 
 
 def _differs(info: dict[str, Any], asked: dict[str, Any]) -> str | None:

@@ -205,25 +205,18 @@ def test_unknown_zoo_model(capsys, tmp_path):
 def _stop_mid_trial(command, out, sig):
     """Starts `command` and sends `sig` to it while a trial after the first is measured."""
     import os
-    import sqlite3
     import subprocess
     import time
 
     from autotune.store import RunStore
+    from tests.test_experiment import _open_trials
 
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
-
-    def running():
-        try:
-            with sqlite3.connect(out / "study.db") as con:
-                return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
-        except sqlite3.OperationalError:  # no tables yet
-            return 0
-
+    db = out / "study.db"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if (out / "study.db").exists() and running() and len(RunStore(out).trials()) >= 2:
+        if db.exists() and _open_trials(db) and len(RunStore(out).trials()) >= 2:
             break
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
