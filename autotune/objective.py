@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from autotune.errors import UsageError, did_you_mean
 from autotune.measure import Measurement
+from autotune.metrics import drop_name
 
 # pareto: the Optuna strategies search (speedup, peak memory, accuracy drop) together and the
 # run keeps their Pareto front; what is exported by default is chosen as for latency.
@@ -35,12 +36,14 @@ class Objective:
 
     @staticmethod
     def accuracy_drop(m: Measurement, baseline: Measurement) -> float | None:
-        """Top-1 points lost (as a fraction) against the baseline, or the fidelity output error."""
+        """How much worse the metric's score is than the baseline's on the same data (top-1:
+        points lost, as a fraction), or, for fidelity, the output error."""
         if m.metric == "fidelity":
             return m.output_error
         if m.accuracy is None or baseline.accuracy is None:
             return None
-        return baseline.accuracy - m.accuracy
+        drop = baseline.accuracy - m.accuracy
+        return drop if m.higher_is_better else -drop
 
     def score(self, m: Measurement, baseline: Measurement) -> float | None:
         """Higher is better; 1.0 is the baseline. Speedup, or baseline peak memory / peak memory."""
@@ -59,7 +62,7 @@ class Objective:
         drop = self.accuracy_drop(m, baseline)
         if drop is None:
             return False, "accuracy not measured"
-        what = "output error" if m.metric == "fidelity" else "top-1 drop"
+        what = drop_name(m.metric)
         if drop > self.max_accuracy_drop + _EPS:
             return False, f"{what} {drop:.4f} exceeds the limit {self.max_accuracy_drop}"
         within = f"{what} {drop:.4f} within the limit {self.max_accuracy_drop}"

@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 
+from autotune.metrics import label as metric_label
+
 if TYPE_CHECKING:
     from autotune.store import Trial
 
@@ -17,7 +19,8 @@ def trial_line(t: "Trial") -> str:
     head = f"#{t.number:<3} {t.plan.describe()}"
     if not m.ok:
         return f"{head}\n      [red]failed[/red]: {m.reason}"
-    acc = (f"error {m.output_error:.4f}" if m.metric == "fidelity" else f"top-1 {m.accuracy:.4f}") \
+    acc = (f"error {m.output_error:.4f}" if m.metric == "fidelity" else
+           f"{metric_label(m.metric)} {m.accuracy:.4f}") \
         if (m.output_error is not None or m.accuracy is not None) else "accuracy n/a"
     mark = "[green]ok[/green]" if t.exportable else f"[yellow]kept out[/yellow]: {t.verdict}"
     if t.is_baseline:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from autotune.errors import UsageError
+from autotune.metrics import label as metric_label
 
 COLUMNS = ("experiment", "workload", "strategy", "algorithm", "seed", "cell", "trial",
            "evaluation", "status", "reason", "cached", "exportable", "verdict", "score",
@@ -327,7 +328,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     out = [f"# {rows[0]['experiment']}", "", _legend(rows), ""]
     for w, per in grouped.items():
         metric = next(iter(next(iter(per.values())).values())).baseline["metric"]
-        out += [f"## {w} ({'fidelity' if metric == 'fidelity' else 'top-1'})", "",
+        out += [f"## {w} ({'fidelity' if metric == 'fidelity' else metric_label(metric)})", "",
                 "| strategy | seeds | speedup | beat | evals | accuracy | peak memory |",
                 "|---|---:|---|---:|---:|---:|---:|"]
         for name in names:
@@ -489,7 +490,8 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
                    label="accuracy limit")
         ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
         metric = base["metric"]
-        ax.set_xlabel("output error" if metric == "fidelity" else "top-1 loss (fraction)")
+        ax.set_xlabel("output error" if metric == "fidelity" else
+                      f"{metric_label(metric)} loss (fraction)")
         ax.set_title(w)
         ax.grid(alpha=0.3)
         fig.colorbar(sc, ax=ax, label="peak memory change (fraction)")

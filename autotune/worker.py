@@ -36,11 +36,17 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
     return {"status": "ok", "model": str(c.model), "settings": c.settings, "note": c.note}
 
 
-def _evaluation(data_file: str) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
-    """The evaluation split as one feed per sample, and the labels if the data has them."""
+def _evaluation(data_file: str, split: str = "eval") -> tuple[list[dict[str, np.ndarray]],
+                                                              np.ndarray | None]:
+    """A split of the data (the evaluation split unless told) as one feed per batch, and its
+    labels if the data has them."""
+    from autotune.workload import label_key
+
     with np.load(data_file) as f:
-        arrays = {k[5:]: f[k] for k in f.files if k.startswith("eval:")}  # each read once
-        labels = f["labels"] if "labels" in f.files else None
+        arrays = {k[len(split) + 1:]: f[k] for k in f.files if k.startswith(f"{split}:")}
+        labels = f[label_key(split)] if label_key(split) in f.files else None
+    if not arrays:
+        raise ValueError(f"the data file has no {split} split")
     count = len(next(iter(arrays.values())))
     return [{n: a[i] for n, a in arrays.items()} for i in range(count)], labels
 
@@ -66,7 +72,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     from autotune.stats import median_ci, speedup_ci
 
     protocol = spec["protocol"]
-    evaluation, labels = _evaluation(spec["data"])
+    evaluation, labels = _evaluation(spec["data"], spec.get("split", "eval"))
 
     before = _memory_kb("VmRSS")
     _reset_peak()
@@ -82,6 +88,15 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         stage = "baseline"
         base = create_session(spec["baseline"], spec["baseline_settings"], NO_SPIN)
         base.run(None, feed)
+        # Accuracy before timing: a candidate whose metric fails is known in seconds.
+        stage = "accuracy"
+        refs = _references(base, evaluation, spec.get("references"))
+        outs = _outputs(cand, evaluation)
+        stage = "metric"
+        accuracy, error = _accuracy(spec, outs, refs, evaluation, labels)
+        extra = {}
+        if spec.get("baseline_accuracy"):
+            extra["baseline_accuracy"] = _accuracy(spec, refs, refs, evaluation, labels)[0]
         stage = "run"
         # Each alone first, seconds before they run side by side: references that show whether
         # one session slows the other (they share this process, and a provider's own threads
@@ -91,15 +106,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         alone = _interleave([base], feed, short)[0]
         cand_alone = _interleave([cand], feed, short)[0]
         c_times, b_times = _interleave([cand, base], feed, protocol)
-        stage = "accuracy"
-        accuracy, error = _accuracy(cand, base, evaluation, labels, spec["metric"],
-                                    spec.get("references"))
-        extra = {}
-        if spec.get("baseline_accuracy"):
-            extra["baseline_accuracy"] = _accuracy(base, base, evaluation, labels, spec["metric"])[0]
     except Exception as exc:  # ORT raises its own types (InvalidGraph, Fail, NotImplemented, ...)
         where = {"load": "model refused by ONNX Runtime", "baseline": "baseline failed",
-                 "run": "inference failed", "accuracy": "evaluation failed"}[stage]
+                 "run": "inference failed", "accuracy": "evaluation failed",
+                 "metric": "metric failed"}[stage]
         return {"status": "failed", "reason": f"{where}: {_reason(exc)}"}
     lat, lat_lo, lat_hi = median_ci(c_times)
     bl, bl_lo, bl_hi = median_ci(b_times)
@@ -109,7 +119,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             "speedup_ci": [sp_lo, sp_hi], "baseline_alone_ms": float(np.median(alone)),
             "latency_alone_ms": float(np.median(cand_alone)), "session_seconds": session_seconds,
             "runs": len(c_times), "peak_memory_mb": peak_mb,
-            "accuracy": accuracy, "output_error": error, "metric": spec["metric"], **extra}
+            "accuracy": accuracy, "output_error": error, "metric": spec["metric"]["name"],
+            "higher_is_better": spec["metric"]["higher_is_better"], **extra}
 
 
 def _interleave(sessions, feed, protocol) -> list[np.ndarray]:
@@ -148,51 +159,70 @@ def _interleave(sessions, feed, protocol) -> list[np.ndarray]:
     return [np.array(t) for t in times]
 
 
-def _accuracy(cand, base, evaluation, labels, metric,
-              references: str | None = None) -> tuple[float, float | None]:
-    """(top-1, None) on labels, or (top-1 agreement, relative output error) against the baseline.
-
-    The output error is ||y - y_ref|| / ||y_ref - mean(y_ref)||: relative to how much the
-    reference output varies with its input, so a model that ignores its input fails it even
-    where plain relative error looks small. The baseline's outputs are computed once per
-    workload and kept at `references` (an .npz), if given.
-    """
-    outs = [cand.run(None, feed) for feed in evaluation]
-    if metric == "top1":
-        pred = np.concatenate([o[0].reshape(len(lab), -1).argmax(1) for o, lab in zip(outs, labels)])
-        return float((pred == np.concatenate(labels)).mean()), None
-    refs = _references(base, evaluation, references)
-    agree, count, err2, var2 = 0, 0, 0.0, 0.0
-    for k in range(len(refs[0])):
-        y = np.stack([o[k] for o in outs]).astype(np.float64)
-        r = np.stack([o[k] for o in refs]).astype(np.float64)
-        if y.shape != r.shape:
-            raise ValueError(f"output {k} has shape {y.shape[1:]}, the original model's has {r.shape[1:]}")
-        err2 += float(((y - r) ** 2).sum())
-        spread = float(((r - r.mean(axis=0)) ** 2).sum())
-        var2 += spread if spread > 0 else float((r ** 2).sum())
-        if k == 0 and r.ndim >= 3:  # (samples, batch, ..., classes): compare argmax of last axis
-            agree += int((y.argmax(-1) == r.argmax(-1)).sum())
-            count += int(np.prod(r.shape[:-1]))
-    error = float(np.sqrt(err2 / var2)) if var2 > 0 else float(np.sqrt(err2))
-    return (agree / count if count else None), error
+def _outputs(session, evaluation) -> list[dict[str, np.ndarray]]:
+    names = [o.name for o in session.get_outputs()]
+    return [dict(zip(names, session.run(None, feed))) for feed in evaluation]
 
 
-def _references(base, evaluation, path: str | None) -> list[list[np.ndarray]]:
-    """The baseline's outputs on the evaluation split: from `path`, or computed (and saved
-    there whole, for the next measurement)."""
+def _metric(spec: dict[str, Any]):
+    from autotune.metrics import Metric
+
+    m = spec["metric"]
+    return Metric(m["name"], m.get("options", {}), m.get("function"), m["higher_is_better"])
+
+
+def _accuracy(spec: dict[str, Any], outs, refs, evaluation, labels) -> tuple[float | None,
+                                                                            float | None]:
+    """(the metric's score, the relative output error against the FP32 model). Fidelity's score
+    is top-1 agreement beside the error, which is what it limits."""
+    from autotune import metrics
+
+    agreement, error = metrics.fidelity(outs, refs)
+    metric = _metric(spec)
+    if metric.name == "fidelity":
+        return agreement, error
+    return metric.score(outs, refs, evaluation, labels, Path(spec["baseline"])), error
+
+
+def _references(base, evaluation, path: str | None) -> list[dict[str, np.ndarray]]:
+    """The baseline's outputs on a split: from `path`, or computed (and saved there whole, for
+    the next measurement)."""
+    names = [o.name for o in base.get_outputs()]
     if path and Path(path).is_file():
         with np.load(path) as f:
             count = len({k.split(":")[0] for k in f.files})
-            outputs = len(f.files) // max(count, 1)
-            return [[f[f"{i}:{k}"] for k in range(outputs)] for i in range(count)]
-    refs = [base.run(None, feed) for feed in evaluation]
+            return [{name: f[f"{i}:{k}"] for k, name in enumerate(names)} for i in range(count)]
+    refs = _outputs(base, evaluation)
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(path).with_name(f"{Path(path).stem}.{os.getpid()}.partial.npz")
-        np.savez(tmp, **{f"{i}:{k}": o for i, outs in enumerate(refs) for k, o in enumerate(outs)})
+        np.savez(tmp, **{f"{i}:{k}": out[name] for i, out in enumerate(refs)
+                         for k, name in enumerate(names)})
         tmp.replace(path)
     return refs
+
+
+def check(spec: dict[str, Any]) -> dict[str, Any]:
+    """Scores the unmodified model with the workload's metric (and keeps its outputs as the
+    references): a metric that cannot score it is known before anything is built."""
+    from autotune.runtime import create_session
+
+    try:
+        base = create_session(spec["baseline"], spec["baseline_settings"], NO_SPIN)
+    except Exception as exc:
+        return {"status": "failed", "reason": f"the model does not run on ONNX Runtime as given "
+                f"({_reason(exc)}); check its operators and opset"}
+    try:
+        evaluation, labels = _evaluation(spec["data"], spec.get("split", "eval"))
+        refs = _references(base, evaluation, spec.get("references"))
+    except Exception as exc:
+        return {"status": "failed", "reason": f"the model does not run on its data "
+                f"({_reason(exc)}); check the input shapes bound and the data"}
+    try:
+        score, _ = _accuracy(spec, refs, refs, evaluation, labels)
+    except Exception as exc:
+        return {"status": "failed", "metric": True, "reason": _reason(exc)}
+    return {"status": "ok", "score": score}
 
 
 def compare(spec: dict[str, Any]) -> dict[str, Any]:
@@ -201,7 +231,7 @@ def compare(spec: dict[str, Any]) -> dict[str, Any]:
     from autotune.runtime import create_session
     from autotune.stats import median_ci, speedup_ci
 
-    evaluation, labels = _evaluation(spec["data"])
+    evaluation, labels = _evaluation(spec["data"], spec.get("split", "eval"))
     feed = evaluation[0]
     # No peak memory here: sessions made one after another in one process share its heap; the
     # `measure` command, whose candidate is the first session of a fresh process, measures it.
@@ -211,7 +241,9 @@ def compare(spec: dict[str, Any]) -> dict[str, Any]:
             sessions.append(create_session(c["model"], c["settings"], NO_SPIN))
             sessions[-1].run(None, feed)
         times = _interleave(sessions, feed, spec["protocol"])
-        scores = [_accuracy(s, sessions[0], evaluation, labels, spec["metric"]) for s in sessions]
+        refs = _outputs(sessions[0], evaluation)
+        scores = [_accuracy(spec, _outputs(s, evaluation), refs, evaluation, labels)
+                  for s in sessions]
     except Exception as exc:
         return {"status": "failed", "reason": _reason(exc)}
     rows = []
@@ -238,7 +270,7 @@ def main(argv: list[str]) -> int:
     _inject_fault()
     spec = json.loads(Path(spec_file).read_text())
     try:
-        result = {"build": build, "measure": measure, "compare": compare}[command](spec)
+        result = {"build": build, "measure": measure, "compare": compare, "check": check}[command](spec)
     except Exception as exc:
         result = {"status": "failed", "reason": _reason(exc)}
     Path(result_file).write_text(json.dumps(result))

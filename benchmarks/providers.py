@@ -26,6 +26,7 @@ import onnxruntime
 
 from autotune import providers, space, workload
 from autotune.measure import Cache, Measurer, Protocol, machine
+from autotune.metrics import drop_name
 from autotune.objective import Objective
 from autotune.plan import Plan
 from autotune.strategies import Presets
@@ -69,7 +70,7 @@ def main() -> None:
             searched = time.perf_counter() - start
             rows = [("CPU EP, ORT_ENABLE_ALL", Plan()), *by_hand.items(), ("tuned", tuned)]
             final = Measurer(w, FINAL).compare([plan for _, plan in rows])
-            what = "top-1 drop" if w.metric == "top1" else "output error"
+            what = drop_name(w.metric.name)
             print(f"\n{ref}  (tune: {searched:.0f} s, {args.budget} measurements, "
                   f"{args.search_space}/{args.strategy}; ORT_ENABLE_ALL {final[0].latency_ms:.2f} ms "
                   f"in the final run)")
@@ -78,8 +79,7 @@ def main() -> None:
                 if not m.ok:
                     print(f"  {label:28s} failed: {m.reason}")
                     continue
-                error = (m.output_error if w.metric == "fidelity"
-                         else final[0].accuracy - m.accuracy)
+                error = Objective.accuracy_drop(m, final[0])
                 print(f"  {label:28s} {m.speedup:7.3f}x [{m.speedup_ci[0]:.3f}, "
                       f"{m.speedup_ci[1]:.3f}] {error:13.4f}  {plan.describe()}", flush=True)
             if run.best is None:

@@ -57,3 +57,21 @@ def test_readme_environment_example_runs():
     exec(block, scope)
     info = scope["info"]
     assert scope["terminated"] and "plan_summary" in info and "measurement" in info
+
+
+def test_readme_metric_example_judges_a_run(tmp_path):
+    from autotune.cli import main
+    from autotune.store import RunStore
+    from tests.conftest import mlp
+
+    code = next(b for b in _blocks("python") if "def within_tolerance" in b)
+    spec = next(b for b in _blocks("yaml") if "function: my_metric.py" in b)
+    (tmp_path / "my_metric.py").write_text(code)
+    mlp(tmp_path / "my-model.onnx")  # output `y`, as the example reads
+    (tmp_path / "my-workload.yaml").write_text(spec)
+    out = tmp_path / "run"
+    assert main(["tune", "--workload", str(tmp_path / "my-workload.yaml"), "--search-space",
+                 "cpu-int8", "--budget", "1", "--out", str(out), "-q"]) == 0
+    trials = RunStore(out).trials()
+    assert [t.measurement.metric for t in trials] == ["function", "function"]
+    assert trials[0].measurement.accuracy == 1.0 and 0 < trials[1].measurement.accuracy <= 1.0

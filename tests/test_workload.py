@@ -9,7 +9,7 @@ from tests.conftest import mlp
 def test_bare_model_binds_batch_to_one_and_says_so(mlp_path):
     w = workload.load(str(mlp_path))
     assert w.shapes == {"x": (1, 16)}
-    assert w.metric == "fidelity"
+    assert w.metric.name == "fidelity"
     assert any("bound to 1" in n for n in w.notes)
     assert any("random" in n for n in w.notes)
 
@@ -69,7 +69,7 @@ def test_npz_data_with_labels_gives_top1_and_a_split(tmp_path):
     spec = tmp_path / "w.yaml"
     spec.write_text("model: m.onnx\ndata: {source: npz, path: d.npz, calibration: 8, evaluation: 32}\n")
     w = workload.load(workload=spec)
-    assert w.metric == "top1"
+    assert w.metric.name == "top1"
     with np.load(w.data_file()) as f:
         assert f["cal:x"].shape == (8, 1, 16)
         assert f["eval:x"].shape == (32, 1, 16)

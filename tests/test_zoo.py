@@ -43,7 +43,7 @@ def test_the_detector_is_judged_by_fidelity_on_canvases():
     from autotune import workload
 
     w = workload.load("zoo:yolo_like")
-    assert w.metric == "fidelity" and w.shapes == {"input": (1, 3, 320, 320)}
+    assert w.metric.name == "fidelity" and w.shapes == {"input": (1, 3, 320, 320)}
 
 
 def test_wheel_models_list_sites_of_a_real_detector(capsys):
