@@ -62,7 +62,8 @@ def test_every_real_workload_runs_through_an_experiment(tmp_path):
     from autotune.cli import main
 
     spec = Path(__file__).resolve().parent.parent / "experiments" / "real-smoke.yaml"
-    assert main(["experiment", str(spec), "--out", str(tmp_path / "real"), "-q"]) == 0
-    table = (tmp_path / "real" / "table.md").read_text()
+    assert main(["experiment", "run", str(spec), "--out", str(tmp_path / "real"), "-q"]) == 0
+    assert main(["report", str(tmp_path / "real"), "--out", str(tmp_path / "table")]) == 0
+    table = (tmp_path / "table" / "table.md").read_text()
     for name in REAL:
         assert f"## {name}" in table
