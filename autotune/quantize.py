@@ -39,6 +39,87 @@ class _Reader:
         self._next = 0
 
 
+# DequantizeLinear takes `axis` (per-channel scales) from opset 13 on; ORT's quantizer writes it
+# whatever the model's opset ("Unrecognized attribute: axis" on the opset 11 and 12 PP-OCR models).
+QDQ_OPSET = 13
+
+
+def ready(model_path: Path, out: Path) -> tuple[Path, str | None]:
+    """The model as ORT's quantizer can take it, written to `out` if anything had to change;
+    returns the model to quantize and what was done.
+
+    - Constant nodes become initializers: the quantizer takes weights from initializers only
+      (dynamic INT8: "Expected ... to be an initializer"; static INT8 leaves such nodes in float).
+    - An opset below QDQ_OPSET is raised to it with ONNX's version converter.
+    - Outputs of contrib operators (the NCHWc layout's, ORT's fusions) are given their element
+      type: ONNX's shape inference does not know them, and the quantizer skips a tensor of
+      unknown type, so a Conv after an NCHWc region lost its input's scale ("Unable to get valid
+      quantization scale for input ... when quantizing bias").
+    """
+    import onnx
+    import onnx_ir as ir
+    from onnx_ir.passes.common import LiftConstantsToInitializersPass
+
+    model = onnx.load(str(model_path))
+    done = []
+    constants = sum(n.op_type == "Constant" for n in model.graph.node)
+    if constants:
+        lifted = ir.serde.deserialize_model(model)
+        LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(lifted)
+        model = ir.serde.serialize_model(lifted)
+        done.append(f"{constants} Constant node(s) as initializers")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), QDQ_OPSET)
+    if opset < QDQ_OPSET:
+        from onnx import version_converter
+
+        try:
+            model = version_converter.convert_version(model, QDQ_OPSET)
+        except Exception as exc:  # the converter raises bare RuntimeErrors per missing adapter
+            raise ValueError(f"INT8 needs opset {QDQ_OPSET}; ONNX's version converter could not "
+                             f"raise this model's opset {opset}: {str(exc).splitlines()[0]}") from None
+        done.append(f"opset {opset} -> {QDQ_OPSET}")
+    typed = _type_contrib_outputs(model)
+    while typed and (more := _type_contrib_outputs(model)):  # types flow on past each region
+        typed += more
+    if typed:
+        done.append(f"{typed} contrib output type(s) declared")
+    if not done:
+        return model_path, None
+    onnx.save(model, str(out))
+    return out, ", ".join(done)
+
+
+def _type_contrib_outputs(model) -> int:
+    """Declares the element type of contrib operators' outputs that carry none, as their first
+    input's (every such operator here keeps its input's type: NCHWc reorders and kernels,
+    FusedConv, ...), after ONNX's shape inference has typed what it can; returns how many were
+    declared. ONNX's inference stops at each contrib operator, so a model with several needs
+    several calls."""
+    from onnx import helper, shape_inference
+
+    typed = shape_inference.infer_shapes(model)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(typed.graph.value_info)
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in (*g.input, *g.output, *g.value_info) if v.type.tensor_type.elem_type}
+    types.update({t.name: t.data_type for t in g.initializer})
+    declared = 0
+    for node in g.node:
+        if node.domain in ("", "ai.onnx") or not node.input or node.input[0] not in types:
+            continue
+        for name in node.output:
+            if name and name not in types:
+                types[name] = types[node.input[0]]
+                g.value_info.append(helper.make_tensor_value_info(name, types[name], None))
+                declared += 1
+    return declared
+
+
+def _notes(*parts: str | None) -> str:
+    return "; ".join(p for p in parts if p)
+
+
 def preprocess(model_path: Path, out: Path) -> tuple[Path, str]:
     """ORT's quantization pre-processing (shape inference + optimization), with fallbacks.
 
@@ -63,9 +144,10 @@ def quantize_static(model_path: Path, out: Path, q: "Quantization", data_file: P
     """Writes the QDQ model to `out`; returns a note on the pre-processing done."""
     if data_file is None:
         raise ValueError("static quantization needs calibration data")
-    source, note = preprocess(model_path, work / "preprocessed.onnx")
+    source, readied = ready(model_path, work / "ready.onnx")
+    source, note = preprocess(source, work / "preprocessed.onnx")
     _quantize(source, out, q, data_file)
-    return note
+    return _notes(readied, note)
 
 
 def quantize_dynamic(model_path: Path, out: Path, q: "Quantization") -> str:
@@ -75,9 +157,10 @@ def quantize_dynamic(model_path: Path, out: Path, q: "Quantization") -> str:
 
     logging.getLogger().setLevel(logging.ERROR)
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-    ort_quantize_dynamic(str(model_path), str(out), per_channel=q.per_channel,
+    source, readied = ready(model_path, out.with_name("ready.onnx"))
+    ort_quantize_dynamic(str(source), str(out), per_channel=q.per_channel,
                          reduce_range=q.reduce_range, weight_type=types[q.weight_type])
-    return "dynamic INT8, whole model"
+    return _notes("dynamic INT8, whole model", readied)
 
 
 def _quantize(source: Path, out: Path, q: "Quantization", data_file: Path,
@@ -136,8 +219,8 @@ def _entropy_ranges(source: Path, data_file: Path, ranges: Path) -> None:
     quantized levels: one candidate threshold, each tensor's whole range, which is MinMax
     (seen: the same output error as MinMax to the last digit on every zoo model). Here it runs
     on ENTROPY_HISTOGRAM, and its ranges go where quantize_static reads them."""
-    from onnxruntime.quantization.calibrate import (CalibrationMethod, create_calibrator,
-                                                    save_tensors_data)
+    from onnxruntime.quantization.calibrate import (CalibrationMethod, TensorsData,
+                                                    create_calibrator, save_tensors_data)
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     with tempfile.TemporaryDirectory(prefix="autotune-entropy-") as tmp:
@@ -146,7 +229,49 @@ def _entropy_ranges(source: Path, data_file: Path, ranges: Path) -> None:
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=CalibrationMethod.Entropy, extra_options=ENTROPY_HISTOGRAM)
         calibrator.collect_data(_Reader(data_file))
-        save_tensors_data(calibrator.compute_data(), ranges)
+        levels = ENTROPY_HISTOGRAM["num_quantized_bins"]
+        thresholds = {tensor: (*entropy_threshold(histogram, levels), *histogram[:2])
+                      for tensor, histogram in calibrator.collector.histogram_dict.items()}
+        save_tensors_data(TensorsData(CalibrationMethod.Entropy, thresholds), ranges)
+
+
+def entropy_threshold(histogram: tuple, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The range of one tensor that ORT's entropy calibrator picks
+    (`HistogramCollector.get_entropy_threshold`, TensorRT's KL-divergence search), the same
+    arithmetic with its inner loops as array operations: ORT sums each slice with Python's
+    `sum`, which took over 15 minutes on the 519 tensors of the 1.5 MB PP-OCR classifier (here
+    about 0.15 s a tensor). Scoring all thresholds at once as a matrix was no faster and, summing
+    in another order, broke near-ties differently."""
+    from onnxruntime.quantization.calibrate import smooth_distribution
+    from scipy.special import rel_entr
+
+    hist, edges, lowest, highest = histogram[:4]
+    bins, zero, half = hist.size, hist.size // 2, levels // 2
+    total = np.concatenate([[0], np.cumsum(hist)])
+    best, best_kl = None, np.inf
+    for i in range(half, zero + 1):
+        start, end = zero - i, min(zero + i + 1, bins)
+        sliced = hist[start:end]
+        p = sliced.copy()
+        p[0] += total[start]  # the outliers go to the edge bins
+        p[-1] += total[bins] - total[end]
+        merged = sliced.size // levels
+        cut = levels * merged
+        quantized = sliced[:cut].reshape(levels, merged).sum(axis=1)
+        quantized[-1] += sliced[cut:].sum()
+        norm = (p[:cut] != 0).reshape(levels, merged).sum(axis=1)
+        q = np.zeros(p.size, dtype=np.int64)  # ORT keeps q in integers: the quotient truncates
+        q[:cut] = np.repeat(np.where(norm != 0, quantized / np.maximum(norm, 1), 0), merged)
+        p, q = smooth_distribution(p), smooth_distribution(q)
+        if p is None or q is None:
+            kl = np.inf
+        else:  # scipy.stats.entropy(p, q) without its checks, which took most of the time
+            p, q = p / p.sum(keepdims=True), q / q.sum(keepdims=True)
+            kl = float(np.array(rel_entr(p, q).sum(), dtype=edges.dtype))
+        if best is None or kl < best_kl:  # the first of equal minima, as ORT's argmin
+            best, best_kl = (edges[start], edges[end]), kl
+    low, high = best
+    return (lowest if low < lowest else low), (highest if high > highest else high)
 
 
 @contextmanager
@@ -196,6 +321,7 @@ def quantize_nodes(model_path: Path, out: Path, q: "Quantization", nodes: list[s
 
     if data_file is None:
         raise ValueError("static quantization needs calibration data")
+    model_path, readied = ready(model_path, work / "ready.onnx")
     source, note = model_path, "shape inference only"
     try:
         quant_pre_process(str(model_path), str(work / "inferred.onnx"), skip_optimization=True,
@@ -211,7 +337,7 @@ def quantize_nodes(model_path: Path, out: Path, q: "Quantization", nodes: list[s
     if missed:
         raise ValueError(f"INT8 was chosen for {len(missed)} node(s) the quantizer left in float: "
                          f"{', '.join(missed[:3])}")
-    return f"INT8 at {len(nodes)} node(s); {note}"
+    return _notes(f"INT8 at {len(nodes)} node(s)", note, readied)
 
 
 def quantize_dynamic_nodes(model_path: Path, out: Path, nodes: list[str]) -> str:
@@ -223,6 +349,7 @@ def quantize_dynamic_nodes(model_path: Path, out: Path, nodes: list[str]) -> str
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)
+    model_path, readied = ready(model_path, out.with_name("ready.onnx"))
     ort_quantize_dynamic(str(model_path), str(out), weight_type=QuantType.QInt8,
                          nodes_to_quantize=list(nodes), op_types_to_quantize=["MatMul", "Gemm"])
     quantized = onnx.load(str(out), load_external_data=False)
@@ -231,4 +358,4 @@ def quantize_dynamic_nodes(model_path: Path, out: Path, nodes: list[str]) -> str
     if missed:
         raise ValueError(f"dynamic INT8 was chosen for {len(missed)} node(s) the quantizer left "
                          f"in float: {', '.join(missed[:3])}")
-    return f"dynamic INT8 at {len(nodes)} node(s)"
+    return _notes(f"dynamic INT8 at {len(nodes)} node(s)", readied)

@@ -33,3 +33,70 @@ def test_entropy_calibration_is_not_minmax(mlp_path, tmp_path, monkeypatch):
                             mlp_path, w.data_file(), tmp_path / method).model.read_bytes()
               for method in ("minmax", "entropy")}
     assert models["entropy"] != models["minmax"]
+
+
+def test_entropy_threshold_is_orts_search(tmp_path):
+    """The array form of ORT's KL-divergence search picks the same range as ORT's own loop."""
+    import numpy as np
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from autotune.quantize import entropy_threshold
+
+    rng = np.random.default_rng(0)
+    collector = HistogramCollector("entropy", symmetric=False, num_bins=512, num_quantized_bins=128,
+                                   percentile=99.99, scenario="same")
+    collector.collect_value({
+        "normal": rng.standard_normal(4000).astype(np.float32),
+        "skewed": (rng.standard_normal(4000) + rng.exponential(4, 4000)).astype(np.float32),
+        "relu": np.maximum(rng.standard_normal(4000), 0).astype(np.float32),
+        "sparse": np.where(rng.random(4000) < 0.9, 0, rng.standard_normal(4000)).astype(np.float32)})
+    for name, histogram in collector.histogram_dict.items():
+        assert entropy_threshold(histogram, 128) == collector.get_entropy_threshold(histogram, 128), name
+
+
+def _opset11_conv(path):
+    """Conv + BatchNormalization + Relu at opset 11, weights as Constant nodes (as exporters of
+    the PP-OCR models wrote them)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    const = lambda name, a: helper.make_node(  # noqa: E731
+        "Constant", [], [name], value=numpy_helper.from_array(a.astype(np.float32), name))
+    nodes = [const("w", rng.standard_normal((8, 3, 3, 3)) * 0.3),
+             const("b", rng.standard_normal(8) * 0.1),
+             const("scale", 1 + rng.random(8)), const("shift", rng.standard_normal(8) * 0.1),
+             const("mean", rng.standard_normal(8) * 0.1), const("var", 1 + rng.random(8)),
+             const("fc", rng.standard_normal((8, 4)) * 0.3),
+             helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["n"]),
+             helper.make_node("Relu", ["n"], ["r"]),
+             helper.make_node("ReduceMean", ["r"], ["p"], axes=[2, 3], keepdims=0),
+             helper.make_node("MatMul", ["p", "fc"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "opset11", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path
+
+
+def test_int8_builds_on_an_opset11_model_with_constant_weights(tmp_path):
+    """Per-channel QDQ needs opset 13 (DequantizeLinear's axis) and the quantizer takes weights
+    from initializers only: the model is made ready first, so every mode builds and loads."""
+    import onnxruntime as ort
+
+    model = _opset11_conv(tmp_path / "m.onnx")
+    w = workload.load(str(model))
+    plans = [Quantization(mode="static", per_channel=True),
+             Quantization(mode="static", per_channel=False, calibration="entropy"),
+             Quantization(mode="dynamic", per_channel=True)]
+    for i, q in enumerate(plans):
+        c = apply(Plan(quantization=q), model, w.data_file(), tmp_path / str(i))
+        assert "opset 11 -> 13" in c.note and "Constant node(s) as initializers" in c.note
+        ops = {n.op_type for n in __import__("onnx").load(c.model).graph.node}
+        assert ops & {"DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}, q
+        ort.InferenceSession(str(c.model), providers=["CPUExecutionProvider"])
