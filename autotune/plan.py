@@ -319,6 +319,10 @@ def _apply_sites(plan: Plan, model_path: Path, data_file: Path | None, out_dir: 
 
     fp16 = followed(plan.fp16_sites, keep=lambda op: True)
     static, dynamic = followed(plan.int8_sites), followed(plan.dynamic_sites)
+    both = set(static) & set(dynamic)
+    if both:  # siblings chosen static and dynamic, merged into one node by `horizontal`
+        dynamic = [n for n in dynamic if n not in both]
+        notes.append(f"static INT8 at {len(both)} merged node(s) also chosen dynamic")
     if fp16:
         model = _float16(model, set(fp16))
         notes.append(f"FP16 at {len(fp16)} node(s)")

@@ -181,7 +181,7 @@ def _quantize(source: Path, out: Path, q: "Quantization", data_file: Path,
                     extra_options={"ActivationSymmetric": q.activation_type == "int8"})
     if not reads_ranges():
         # An older quantizer (the onnxruntime-openvino 1.24 build) calibrates every time and
-        # takes no ranges from outside, so its Entropy would be MinMax's (see _entropy_ranges).
+        # takes no ranges from outside, so its Entropy would be MinMax's (see _histogram_ranges).
         if q.calibration == "entropy":
             raise RuntimeError(f"Entropy calibration needs a quantizer that reads calibrated "
                                f"ranges (calibration_cache_path); onnxruntime "
@@ -189,8 +189,8 @@ def _quantize(source: Path, out: Path, q: "Quantization", data_file: Path,
         ort_quantize_static(str(source), str(out), _Reader(data_file), **settings)
         return
     with _calibration(source, data_file, q) as ranges:
-        if q.calibration == "entropy" and not ranges.is_file():
-            _entropy_ranges(source, data_file, ranges)
+        if q.calibration in ("entropy", "percentile") and not ranges.is_file():
+            _histogram_ranges(source, data_file, ranges, q.calibration)
         ort_quantize_static(str(source), str(out), _Reader(data_file), **settings,
                             calibration_cache_path=str(ranges))
 
@@ -213,26 +213,69 @@ def _ort_version() -> str:
 ENTROPY_HISTOGRAM = {"num_bins": 2048, "num_quantized_bins": 128}
 
 
-def _entropy_ranges(source: Path, data_file: Path, ranges: Path) -> None:
-    """Entropy calibration as quantize_static cannot run it. quantize_static gives the entropy
-    calibrator no histogram settings (ORT 1.32), so it runs with ORT's 128 bins for 128
-    quantized levels: one candidate threshold, each tensor's whole range, which is MinMax
-    (seen: the same output error as MinMax to the last digit on every zoo model). Here it runs
-    on ENTROPY_HISTOGRAM, and its ranges go where quantize_static reads them."""
+def _histogram_ranges(source: Path, data_file: Path, ranges: Path, method: str) -> None:
+    """Entropy and Percentile calibration, their ranges written where quantize_static reads them.
+
+    quantize_static gives the entropy calibrator no histogram settings (ORT 1.32), so it runs
+    with ORT's 128 bins for 128 quantized levels: one candidate threshold, each tensor's whole
+    range, which is MinMax (seen: the same output error as MinMax to the last digit on every
+    zoo model). Here Entropy runs on ENTROPY_HISTOGRAM, Percentile on quantize_static's own
+    defaults, and both on `_histogram_collector`'s histograms."""
     from onnxruntime.quantization.calibrate import (CalibrationMethod, TensorsData,
                                                     create_calibrator, save_tensors_data)
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    with tempfile.TemporaryDirectory(prefix="autotune-entropy-") as tmp:
+    entropy = method == "entropy"
+    with tempfile.TemporaryDirectory(prefix="autotune-calibration-") as tmp:
         calibrator = create_calibrator(
             source, sorted(set(QDQRegistry) | set(QLinearOpsRegistry)),  # quantize_static's
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=CalibrationMethod.Entropy, extra_options=ENTROPY_HISTOGRAM)
+            calibrate_method=CalibrationMethod.Entropy if entropy else CalibrationMethod.Percentile,
+            extra_options=ENTROPY_HISTOGRAM if entropy else {})
+        calibrator.collector = _histogram_collector()(
+            method=method, symmetric=calibrator.symmetric, num_bins=calibrator.num_bins,
+            num_quantized_bins=calibrator.num_quantized_bins, percentile=calibrator.percentile,
+            scenario=calibrator.scenario)
         calibrator.collect_data(_Reader(data_file))
+        if not entropy:
+            save_tensors_data(calibrator.compute_data(), ranges)
+            return
         levels = ENTROPY_HISTOGRAM["num_quantized_bins"]
         thresholds = {tensor: (*entropy_threshold(histogram, levels), *histogram[:2])
                       for tensor, histogram in calibrator.collector.histogram_dict.items()}
         save_tensors_data(TensorsData(CalibrationMethod.Entropy, thresholds), ranges)
+
+
+def _histogram_collector():
+    """ORT's HistogramCollector for tensors whose values span too little for its 2048 bins
+    (a dead channel's output, a saturated Sigmoid): ORT's raised "Too many bins for data
+    range" on them, failing the whole build. Magnitudes below TINY count as zero, and a tensor
+    that still cannot be binned is taken as constant at its largest magnitude. A class made on
+    first use: ORT's quantization package is imported only when something is quantized."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    class Collector(HistogramCollector):
+        def collect(self, name_to_arr):
+            arrays = {}
+            for name, batches in name_to_arr.items():
+                a = np.asarray(batches)
+                arrays[name] = np.where(np.abs(a) < TINY, 0, a).astype(a.dtype, copy=False)
+            try:
+                return super().collect(arrays)
+            except ValueError:  # find the tensors numpy cannot bin, one at a time
+                pass
+            for name, a in arrays.items():
+                if name in self.histogram_dict:
+                    continue
+                try:
+                    super().collect({name: a})
+                except ValueError:
+                    super().collect({name: np.full_like(a, a.flat[np.abs(a).argmax()])})
+
+    return Collector
+
+
+TINY = 1e-30
 
 
 def entropy_threshold(histogram: tuple, levels: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,11 @@ from autotune.rewrites import Match, Rewrite, rename, site_nodes
 
 
 def _const(value: ir.Value | None) -> np.ndarray | None:
+    """The value's constant, also through Identity nodes (the torch exporter gives equal
+    tensors one initializer and the others Identity nodes of it: resnet50's zero biases)."""
+    while value is not None and value.const_value is None and value.producer() is not None \
+            and value.producer().op_type == "Identity":
+        value = value.producer().inputs[0]
     if value is None or value.const_value is None:
         return None
     return value.const_value.numpy()
@@ -50,6 +55,8 @@ def _signature(node: ir.Node) -> tuple | None:
         attrs = tuple(sorted((k, str(v.value)) for k, v in node.attributes.items()))
         if node.attributes.get_int("group", 1) != 1:
             return None
+        if len(node.inputs) > 2 and node.inputs[2] is not None and _const(node.inputs[2]) is None:
+            return None  # a bias computed at run time
         return ("Conv", w.shape[1:], str(w.dtype), attrs)
     return None
 
