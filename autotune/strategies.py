@@ -120,7 +120,7 @@ class Greedy(Strategy):
     4. the remaining lossy sites one by one on top of that, while budget lasts.
     Assumes accuracy costs roughly add up, as INT8 errors do. The start points (whole-model INT8
     with various quantizer settings, execution providers) also choose the settings of per-site
-    INT8, those of the most accurate start point, and the execution provider every step runs
+    INT8, those of the most accurate static start point, and the execution provider every step runs
     on, that of the fastest start point within the accuracy limit.
     """
 
@@ -229,8 +229,9 @@ class Greedy(Strategy):
         if start is not None and fits:
             self.provider = {k: v for k, v in start.items()
                              if k == "execution_provider" or k in spaces.PROVIDER_KEYS}
-        if start is None or plan.quantization is None or not measurement.ok or self.objective is None:
-            return
+        if (start is None or plan.quantization is None or plan.quantization.mode != "static"
+                or not measurement.ok or self.objective is None):
+            return  # per-site INT8 is static: a dynamic start point's settings are not its own
         drop = self.objective.accuracy_drop(measurement, self.baseline)
         if drop is not None and drop < self.quantizer_drop:
             self.quantizer = {k: v for k, v in start.items() if k.startswith("quantization")}
