@@ -247,35 +247,43 @@ def _histogram_ranges(source: Path, data_file: Path, ranges: Path, method: str) 
 
 
 def _histogram_collector():
-    """ORT's HistogramCollector for tensors whose values span too little for its 2048 bins
-    (a dead channel's output, a saturated Sigmoid): ORT's raised "Too many bins for data
-    range" on them, failing the whole build. Magnitudes below TINY count as zero, and a tensor
-    that still cannot be binned is taken as constant at its largest magnitude. A class made on
-    first use: ORT's quantization package is imported only when something is quantized."""
+    """ORT's HistogramCollector for tensors whose values numpy cannot put in 2048 bins: a dead
+    channel's output (a range of 1e-40), a saturated Sigmoid, an attention mask of -3.4e38
+    (MiniLM). ORT's raised "Too many bins for data range" on them, failing the whole build; here
+    such a tensor's histogram is counted on bins whose edges may repeat. A class made on first
+    use: ORT's quantization package is imported only when something is quantized."""
     from onnxruntime.quantization.calibrate import HistogramCollector
 
     class Collector(HistogramCollector):
         def collect(self, name_to_arr):
-            arrays = {}
-            for name, batches in name_to_arr.items():
-                a = np.asarray(batches)
-                arrays[name] = np.where(np.abs(a) < TINY, 0, a).astype(a.dtype, copy=False)
             try:
-                return super().collect(arrays)
+                return super().collect(name_to_arr)
             except ValueError:  # find the tensors numpy cannot bin, one at a time
                 pass
-            for name, a in arrays.items():
+            for name, batches in name_to_arr.items():
                 if name in self.histogram_dict:
                     continue
                 try:
-                    super().collect({name: a})
+                    super().collect({name: batches})
                 except ValueError:
-                    super().collect({name: np.full_like(a, a.flat[np.abs(a).argmax()])})
+                    self.histogram_dict[name] = self._counted(np.asarray(batches).ravel())
+
+        def _counted(self, x: np.ndarray) -> tuple:
+            """The histogram ORT would have made: of |x| over its range (Percentile,
+            symmetric), or of x over [-max|x|, max|x|] (Entropy, Percentile)."""
+            low, high = np.nanmin(x), np.nanmax(x)
+            absolute = self.method == "percentile" and self.symmetric
+            values = np.abs(x) if absolute else x
+            top = np.nanmax(np.abs(x))
+            first, last = (np.nanmin(values), top) if absolute else (-top, top)
+            with np.errstate(all="ignore"):  # a span past float32's range
+                edges = np.linspace(float(first), float(last), self.num_bins + 1)
+            bins = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, self.num_bins - 1)
+            hist = np.bincount(bins, minlength=self.num_bins)
+            edges = edges.astype(x.dtype)
+            return (hist, edges, low, high) if absolute else (hist, edges, low, high, top)
 
     return Collector
-
-
-TINY = 1e-30
 
 
 def entropy_threshold(histogram: tuple, levels: int) -> tuple[np.ndarray, np.ndarray]:

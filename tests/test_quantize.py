@@ -100,3 +100,34 @@ def test_int8_builds_on_an_opset11_model_with_constant_weights(tmp_path):
         ops = {n.op_type for n in __import__("onnx").load(c.model).graph.node}
         assert ops & {"DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}, q
         ort.InferenceSession(str(c.model), providers=["CPUExecutionProvider"])
+
+
+def test_tensors_too_narrow_for_the_histogram_still_calibrate(tmp_path):
+    """numpy cannot put 2048 bins on a tensor of -3.4e38 (an attention mask) or of 1e-40 (a dead
+    channel); Entropy and Percentile calibrate such models all the same."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "zero"], ["masked"]),
+         helper.make_node("Add", ["masked", "mask"], ["m"]),
+         helper.make_node("Max", ["m", "x"], ["h"]),
+         helper.make_node("MatMul", ["h", "w"], ["y"])], "narrow",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.float32([1e-40]), "zero"),
+         numpy_helper.from_array(np.float32([-3.4e38]), "mask"),
+         numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    w = workload.load(str(tmp_path / "m.onnx"))
+    for method in ("entropy", "percentile"):
+        for activations in ("uint8", "int8"):  # Percentile on int8 bins absolute values
+            q = Quantization(mode="static", calibration=method, activation_type=activations)
+            c = apply(Plan(quantization=q), tmp_path / "m.onnx", w.data_file(),
+                      tmp_path / f"{method}-{activations}")
+            ort.InferenceSession(str(c.model), providers=["CPUExecutionProvider"])
