@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import chdir, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -130,9 +130,13 @@ def preprocess(model_path: Path, out: Path) -> tuple[Path, str]:
     from onnxruntime.quantization import quant_pre_process
 
     errors = []
+    model_path, out = Path(model_path).resolve(), Path(out).resolve()
     for skip_symbolic in (False, True):
         try:
-            quant_pre_process(str(model_path), str(out), skip_symbolic_shape=skip_symbolic)
+            # where symbolic shape inference stops short, ORT saves its partial model (and a
+            # copy of every weight) into the working directory: keep that beside `out`
+            with chdir(out.parent):
+                quant_pre_process(str(model_path), str(out), skip_symbolic_shape=skip_symbolic)
             return out, "pre-processed" + (" (symbolic shape inference skipped)" if skip_symbolic else "")
         except Exception as exc:  # the tool raises bare Exceptions
             errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")

