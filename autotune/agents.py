@@ -84,8 +84,9 @@ class PPO(Strategy):
         self.error: BaseException | None = None
         self.seen.add(Plan().digest())
 
-    def setup(self, baseline: Measurement, objective: Objective, ledger: Ledger) -> None:
-        super().setup(baseline, objective, ledger)
+    def setup(self, baseline: Measurement, objective: Objective, ledger: Ledger,
+              accuracy_budget: int = 0) -> None:
+        super().setup(baseline, objective, ledger, accuracy_budget)
         if self.workload is None:
             raise ValueError("the ppo strategy needs the workload (strategies.make(..., workload=))")
         from autotune.env import OnnxTuneEnv

@@ -41,13 +41,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--search-space", default="runtime", help="a name in search_spaces/ or a YAML "
                    "path (default: runtime)")
     t.add_argument("--strategy", default="random",
-                   help="random, tpe, cmaes, gp, qmc, nsga2 (Optuna's samplers), greedy (per-site), "
-                        "presets (ORT's levels, whole-model INT8) or ppo (MaskablePPO learning on "
-                        "the Gymnasium environment) (default: random)")
+                   help="random, tpe, cmaes, gp, qmc, nsga2 (Optuna's samplers), greedy "
+                        "(per-site, bottom-up), topdown (per-region INT8 from whole-model INT8 "
+                        "down), presets (ORT's levels, whole-model INT8) or ppo (MaskablePPO "
+                        "learning on the Gymnasium environment) (default: random)")
     t.add_argument("--policy", type=Path, default=None, metavar="POLICY.zip",
                    help="with --strategy ppo: start from a policy trained before")
     t.add_argument("--budget", type=int, default=12,
                    help="real measurements beyond the baseline; cache hits are free (default: 12)")
+    t.add_argument("--accuracy-budget", type=int, default=None,
+                   help="accuracy evaluations (built and scored, not timed) a strategy may use "
+                        "to screen plans; only topdown asks for them (default: 100)")
     t.add_argument("--max-accuracy-drop", type=float, default=0.01,
                    help="top-1 loss (fraction) or fidelity output error allowed (default: 0.01)")
     t.add_argument("--objective", default="latency", choices=["latency", "memory", "pareto"],
@@ -208,15 +212,20 @@ def _tune(args) -> int:
     space = spaces.load(args.search_space)
     w = workloads.load(args.model, workload=args.workload, shapes=args.shape, metric=args.metric)
     protocol = _protocol(args)
-    result = tune(w, space, strategy=args.strategy, budget=args.budget, objective=objective,
+    result = tune(w, space, strategy=args.strategy, budget=args.budget,
+                  **({} if args.accuracy_budget is None else
+                     {"accuracy_budget": args.accuracy_budget}), objective=objective,
                   seed=args.seed, out=args.out, protocol=protocol,
                   cache=None if args.no_cache else default_cache(), command=sys.argv,
                   quiet=args.quiet, storage=args.storage, study=args.study,
                   heartbeat_seconds=args.heartbeat, policy=args.policy)
     best = result.best
-    failed = sum(not t.measurement.ok for t in result.trials)
-    print(f"{len(result.trials)} candidates ({result.measurements_used} measured, "
-          f"{len(result.trials) - result.measurements_used} cached, {failed} failed)")
+    timed = sum(t.measurement.timed for t in result.trials)
+    failed = sum(not t.measurement.ok and t.measurement.timed for t in result.trials)
+    screened = (f"; {len(result.trials) - timed} accuracy evaluations "
+                f"({result.accuracy_evaluations} new)" if timed < len(result.trials) else "")
+    print(f"{timed} candidates timed ({result.measurements_used} measured, "
+          f"{timed - result.measurements_used} cached, {failed} failed){screened}")
     base = result.baseline.measurement
     if base.ok and w.metric.name != "fidelity" and base.accuracy is not None:
         tuned = best.measurement.accuracy if best is not None else base.accuracy

@@ -9,6 +9,7 @@ protocol (`experiments/*.yaml`), run cell by cell into one directory, resumable.
       - {label: ppo-transfer, name: ppo, policy: transfer}
     seeds: [0, 1, 2]
     budget: 20                       # real measurements per cell, beyond the baseline
+    accuracy_budget: 100             # accuracy evaluations per cell (topdown screens with them)
     max_accuracy_drop: 0.01
     objective: latency
     protocol: {min_seconds: 1.0}     # how candidates are timed (autotune.measure.Protocol)
@@ -35,12 +36,12 @@ from typing import Any, Callable
 import yaml
 
 from autotune.errors import UsageError, did_you_mean
-from autotune.measure import Cache, Protocol
+from autotune.measure import ACCURACY_BUDGET, Cache, Protocol
 from autotune.objective import Objective
 
 UNSEEDED = {"presets"}  # strategies that propose the same plans whatever the seed
 _TOP = ("name", "description", "workloads", "search_space", "strategies", "seeds", "budget",
-        "max_accuracy_drop", "objective", "protocol", "policies")
+        "accuracy_budget", "max_accuracy_drop", "objective", "protocol", "policies")
 _STRATEGY = ("name", "label", "policy")
 _POLICY = ("workloads", "steps", "seed", "search_space")
 
@@ -77,6 +78,7 @@ class Spec:
     objective: str
     protocol: Protocol
     policies: tuple[PolicySpec, ...]
+    accuracy_budget: int = ACCURACY_BUDGET
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,8 @@ def load(path: Path | str) -> Spec:
     return Spec(str(raw.get("name", path.stem)), str(raw.get("description", "")), path,
                 workloads, str(raw.get("search_space", "runtime")), tuple(arms),
                 tuple(dict.fromkeys(seeds)), _int(raw.get("budget", 12), f"{path}: budget", 1),
-                float(drop), objective, Protocol(**protocol), tuple(policies))
+                float(drop), objective, Protocol(**protocol), tuple(policies),
+                _int(raw.get("accuracy_budget", ACCURACY_BUDGET), f"{path}: accuracy_budget", 0))
 
 
 def _known(d: dict, keys: tuple[str, ...], where: str) -> None:
@@ -338,7 +341,7 @@ def run(spec: Spec, out: Path, *, quiet: bool = False,
             else:
                 shutil.rmtree(d, ignore_errors=True)  # stopped before it recorded anything
                 result = tuning.tune(w, space, strategy=cell.arm.name, budget=spec.budget,
-                                     objective=objective, seed=cell.seed, out=d,
+                                     accuracy_budget=spec.accuracy_budget, objective=objective, seed=cell.seed, out=d,
                                      protocol=spec.protocol, cache=cache, measurer=measurer,
                                      policy=policy, progress=display,
                                      command=["autotune", "experiment", "run", str(spec.path)])
@@ -355,7 +358,7 @@ def _write_spec(spec: Spec, out: Path) -> None:
             "workloads": [workload_name(w) for w in spec.workloads],
             "search_space": spec.search_space, "strategies": [asdict(a) for a in spec.arms],
             "seeds": list(spec.seeds), "budget": spec.budget,
-            "max_accuracy_drop": spec.max_accuracy_drop, "objective": spec.objective,
+            "accuracy_budget": spec.accuracy_budget, "max_accuracy_drop": spec.max_accuracy_drop, "objective": spec.objective,
             "protocol": asdict(spec.protocol), "policies": [asdict(p) for p in spec.policies]}
     (out / "experiment.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
 
@@ -414,8 +417,8 @@ class GridProgress:
         if best is not None:
             self.bar.best(f"best {best.score:.2f}x")
 
-    def done(self, measurements: int) -> None:
-        self.bar.done(self.offset + min(measurements, self.budget))
+    def done(self, measurements: int, evaluations: int = 0) -> None:
+        self.bar.done(self.offset + min(measurements, self.budget), evaluations)
 
     # the grid's ------------------------------------------------------------------------
     def skip(self, cell: Cell) -> None:

@@ -24,6 +24,9 @@ from autotune.errors import ModelError
 from autotune.plan import Candidate, Plan, session_settings
 from autotune.workload import Workload
 
+# Accuracy evaluations (a build and one pass over the evaluation split, never timed) are cheap
+# next to a careful timing: strategies that screen plans by accuracy get many by default.
+ACCURACY_BUDGET = 100
 # Bump when the worker's way of measuring changes, so old cached numbers are not reused.
 MEASURE_VERSION = 3
 # The code that builds and measures candidates: any change to it is a new cache key, so a
@@ -88,6 +91,7 @@ class Measurement:
     baseline_accuracy: float | None = None  # only when asked for (verify)
     build_note: str | None = None
     transient: bool = False  # failed by timeout, crash or kill: may pass another time; not cached
+    timed: bool = True  # False: an accuracy evaluation (built and scored, never timed)
     seconds: float = 0.0  # wall time spent building and measuring
     provenance: dict[str, Any] = field(default_factory=dict)
     cached: bool = field(default=False, compare=False)
@@ -210,6 +214,41 @@ class Measurer:
             self.cache.put(key, m)
         return m
 
+    def evaluate(self, plan: Plan) -> Measurement:
+        """The plan's accuracy alone: built and scored on the evaluation split in a worker, not
+        timed (`timed` False, no latency). Deterministic, so cached like a timing; a timing of
+        the same candidate, which holds its accuracy too, answers it as well."""
+        if self.cache is not None:
+            for key in (self.key(plan), self._accuracy_key(plan)):
+                if (hit := self.cache.get(key)) is not None:
+                    return hit
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="autotune-") as tmp:
+            built = self.build(plan, Path(tmp))
+            if isinstance(built, Measurement):
+                m = built
+            else:
+                spec = {**self._spec(), "model": str(built.model.resolve()),
+                        "settings": built.settings}
+                result = self._run("evaluate", spec, Path(tmp), self.protocol.measure_timeout)
+                m = (Measurement(status="ok", build_note=built.note,
+                                 model_size_mb=built.model.stat().st_size / 2**20,
+                                 **{k: v for k, v in result.items() if k != "status"})
+                     if result.get("status") == "ok" else
+                     Measurement.failed(result["reason"], build_note=built.note,
+                                        transient=result.get("transient", False)))
+        m = Measurement(**{**{f.name: getattr(m, f.name) for f in fields(m)}, "timed": False,
+                           "seconds": time.perf_counter() - start,
+                           "provenance": self._provenance()})
+        if self.cache is not None and not m.transient:
+            self.cache.put(self._accuracy_key(plan), m)
+        return m
+
+    def _accuracy_key(self, plan: Plan) -> str:
+        # INT8 kernels round differently on different CPUs: the machine is part of the key
+        parts = [self.workload.digest(), plan.digest(), fingerprint(), "accuracy", code_digest()]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
     def build(self, plan: Plan, out_dir: Path) -> Candidate | Measurement:
         """Builds the plan's candidate under `out_dir` in a worker; a failure is a failed
         Measurement with its reason."""
@@ -306,7 +345,7 @@ class Measurer:
 
         part = "" if split == "eval" else f"-{split}"
         return cache_dir() / "references" / (f"{self.workload.digest()}{part}-"
-                                             f"ort{onnxruntime.__version__}.npz")
+                                             f"ort{onnxruntime.__version__}-v2.npz")
 
     def _provenance(self) -> dict[str, Any]:
         import onnxruntime

@@ -46,8 +46,9 @@ class Objective:
         return drop if m.higher_is_better else -drop
 
     def score(self, m: Measurement, baseline: Measurement) -> float | None:
-        """Higher is better; 1.0 is the baseline. Speedup, or baseline peak memory / peak memory."""
-        if not m.ok:
+        """Higher is better; 1.0 is the baseline. Speedup, or baseline peak memory / peak memory.
+        None for a failure and for an accuracy evaluation (not timed)."""
+        if not m.ok or not m.timed:
             return None
         if self.target != "memory":
             return m.speedup
@@ -66,6 +67,8 @@ class Objective:
         if drop > self.max_accuracy_drop + _EPS:
             return False, f"{what} {drop:.4f} exceeds the limit {self.max_accuracy_drop}"
         within = f"{what} {drop:.4f} within the limit {self.max_accuracy_drop}"
+        if not m.timed:
+            return False, f"{within}; accuracy evaluation only, not timed"
         if (why := self.untrusted(m)) is not None:
             return False, why
         lo, hi = m.speedup_ci
@@ -112,8 +115,15 @@ class Objective:
 
         One value: the log of the score within the accuracy limit, and below zero outside it
         (by how far), so a sampler learns the limit as well as the speed; -2 for a failure.
-        Pareto: (speedup, baseline peak memory / peak memory, accuracy drop)."""
+        Pareto: (speedup, baseline peak memory / peak memory, accuracy drop).
+
+        An accuracy evaluation (not timed) over the limit is told what its timing would be told
+        wherever it ran; within the limit its speed is unknown: None."""
         drop = self.accuracy_drop(m, baseline) if m.ok else None
+        if m.ok and not m.timed:
+            over = (drop if drop is not None else float("inf")) - self.max_accuracy_drop
+            return -1.0 - over if self.target != "pareto" and over > _EPS and drop is not None \
+                else None
         if self.target == "pareto":
             if drop is None or not m.peak_memory_mb or not baseline.peak_memory_mb:
                 return None

@@ -26,6 +26,9 @@ def trial_line(t: "Trial") -> str:
     if t.is_baseline:
         mark = "[dim]baseline[/dim]"
     cached = " (cached)" if m.cached else f" {m.seconds:.0f} s"
+    if not m.timed:
+        verdict = t.verdict.split(";")[0]
+        return f"{head}\n      accuracy only: {acc}  ({verdict}){cached}"
     return (f"{head}\n      {m.speedup:.2f}x [{m.speedup_ci[0]:.2f}, {m.speedup_ci[1]:.2f}]  "
             f"{m.latency_ms:.3f} ms vs {m.baseline_ms:.3f} ms  {acc}  peak {m.peak_memory_mb:.1f} MB"
             f"{cached}  {mark}")
@@ -40,6 +43,7 @@ class Progress:
                                  disable=quiet or not self.console.is_terminal)
         self._task = self._bar.add_task("starting", total=max(total, 1))
         self._best = "best: baseline"
+        self._evaluations = ""
 
     def __enter__(self) -> Progress:
         self._bar.__enter__()
@@ -53,7 +57,7 @@ class Progress:
             self.console.print(text)
 
     def status(self, text: str) -> None:
-        self._bar.update(self._task, description=f"{self._best} · {text}")
+        self._bar.update(self._task, description=f"{self._best}{self._evaluations} · {text}")
 
     def trial(self, t: "Trial", best: "Trial | None") -> None:
         if best is not None:
@@ -64,6 +68,8 @@ class Progress:
         """What the bar says first: the best so far."""
         self._best = text
 
-    def done(self, measurements: int) -> None:
-        """The budget used so far (by every worker of the study)."""
+    def done(self, measurements: int, evaluations: int = 0) -> None:
+        """The budget used so far (by every worker of the study): timings, and accuracy
+        evaluations (not timed)."""
+        self._evaluations = f" · {evaluations} accuracy evaluations" if evaluations else ""
         self._bar.update(self._task, completed=measurements)

@@ -35,7 +35,11 @@ COLUMNS = ("experiment", "workload", "strategy", "algorithm", "seed", "cell", "t
            "peak_memory_mb", "baseline_peak_memory_mb", "model_size_mb", "metric", "accuracy",
            "baseline_accuracy", "output_error", "accuracy_drop", "seconds", "plan_summary",
            "plan_digest", "plan", "workload_digest", "workload_spec", "search_space", "budget",
-           "max_accuracy_drop", "objective", "host", "cpu", "onnxruntime", "code", "python")
+           "max_accuracy_drop", "objective", "host", "cpu", "onnxruntime", "code", "python",
+           "kind")
+# Columns added later, with the value rows of older reports have: kind is "timing" or
+# "accuracy" (an accuracy evaluation, built and scored but not timed).
+LATER = {"kind": "timing"}
 FLOATS = ("score", "speedup", "speedup_lo", "speedup_hi", "latency_ms", "baseline_ms",
           "peak_memory_mb", "baseline_peak_memory_mb", "model_size_mb", "accuracy",
           "baseline_accuracy", "output_error", "accuracy_drop", "seconds", "max_accuracy_drop")
@@ -95,7 +99,7 @@ def _rows(name: str, run: Path, label: str | None, cell: str) -> list[dict[str, 
         if t.is_baseline and t is not base:
             continue  # a resumed run's second look at its baseline
         m = t.measurement
-        if not t.is_baseline:
+        if not t.is_baseline and m.timed:
             evaluation += 1
         prov = m.provenance or {}
         drop = 0.0 if t.is_baseline else (Objective.accuracy_drop(m, b) if m.ok else None)
@@ -103,7 +107,8 @@ def _rows(name: str, run: Path, label: str | None, cell: str) -> list[dict[str, 
         rows.append({
             "experiment": name, "workload": info["workload"]["name"], "strategy": strategy,
             "algorithm": info["strategy"]["name"], "seed": info["seed"], "cell": cell,
-            "trial": t.number, "evaluation": 0 if t.is_baseline else evaluation,
+            "trial": t.number, "kind": "timing" if m.timed else "accuracy",
+            "evaluation": 0 if t.is_baseline else evaluation if m.timed else None,
             "status": "baseline" if t.is_baseline else m.status, "reason": m.reason,
             "cached": m.cached, "exportable": t.exportable, "verdict": t.verdict,
             "score": t.score, "speedup": 1.0 if t.is_baseline else m.speedup,
@@ -154,13 +159,13 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or ()) and c not in LATER]
     if missing:
         raise UsageError(f"{path} is not a trials.csv of `autotune report` (no column "
                          f"`{missing[0]}`)")
     rows = []
     for r in reader:
-        row: dict[str, Any] = {k: (v if v != "" else None) for k, v in r.items()}
+        row: dict[str, Any] = {**LATER, **{k: (v if v != "" else None) for k, v in r.items()}}
         for k in FLOATS:
             row[k] = float(row[k]) if row[k] is not None else None
         for k in INTS:
@@ -179,7 +184,8 @@ class Seed:
     """One cell: a strategy's run on a workload with one seed."""
 
     baseline: dict[str, Any]
-    trials: list[dict[str, Any]]  # by evaluation
+    trials: list[dict[str, Any]]  # timings, by evaluation
+    screened: int = 0  # accuracy evaluations (not timed) measured anew
 
     def best(self) -> dict[str, Any] | None:
         """The best exportable trial (highest score), or None: the baseline is the answer."""
@@ -222,6 +228,8 @@ def group(rows: list[dict[str, Any]]):
             if r["status"] != "baseline":
                 raise UsageError(f"trials.csv: {r['cell']} has trials before its baseline row")
             cell[r["seed"]] = Seed(r, [])
+        elif r["kind"] == "accuracy":
+            s.screened += not r["cached"]
         else:
             s.trials.append(r)
     return out
@@ -257,6 +265,7 @@ class Summary:
     memory: float | None  # mean peak-memory change, fraction (- is less)
     metric: str
     seeds: int
+    screened: float = 0.0  # median accuracy evaluations (not timed) per seed
 
 
 def summarize(seeds: dict[int, Seed]) -> Summary:
@@ -276,11 +285,12 @@ def summarize(seeds: dict[int, Seed]) -> Summary:
     return Summary(interval([s.best_speedup() for s in seeds.values()]),
                    float(np.median(found)) if found else None, len(found),
                    float(np.mean(acc)) if acc else None, float(np.mean(mem)) if mem else None,
-                   metric, len(seeds))
+                   metric, len(seeds), float(np.median([s.screened for s in seeds.values()])))
 
 
 def _evals_text(s: Summary, latex: bool = False) -> str:
-    return ("--" if latex else "-") if s.evaluations is None else f"{s.evaluations:g}"
+    text = ("--" if latex else "-") if s.evaluations is None else f"{s.evaluations:g}"
+    return text + (f" +{s.screened:g} acc." if s.screened else "")
 
 
 # -- tables -------------------------------------------------------------------------------
@@ -311,11 +321,13 @@ def _memory_text(s: Summary, latex: bool = False) -> str:
 def _legend(rows: list[dict[str, Any]]) -> str:
     r = rows[0]
     budget = r["budget"]
+    screened = (", and (+N acc.) the median accuracy evaluations per seed (built and scored, "
+                "not timed)" if any(x["kind"] == "accuracy" for x in rows) else "")
     return (f"Best speedup over ORT_ENABLE_ALL within the accuracy limit "
             f"({r['max_accuracy_drop']:g}), mean and 95% t-interval over seeds (1.000: the "
             f"baseline, nothing qualified); beat: the seeds whose best beat the baseline; "
             f"evals: of those, the median evaluations until the best was within 5% of its final "
-            f"gain (log speedup); accuracy "
+            f"gain (log speedup){screened}; accuracy "
             f"(top-1 points, or the output error for fidelity workloads) and peak memory of the "
             f"best plans against the baseline. Search space {r['search_space']}, {budget} real "
             f"measurements per run (cache hits are free); a strategy that draws no random "

@@ -194,17 +194,21 @@ class Ledger:
                      and t.user_attrs.get("strategy") == "baseline")
         return Trial(**{**trial.__dict__, "number": number})
 
-    def claim(self, otrial, plan: Plan, budget: int, attrs: dict[str, Any]) -> tuple[str, Any]:
-        """Settles whether this worker measures `plan` in the Optuna trial `otrial`.
+    def claim(self, otrial, plan: Plan, budget: int, attrs: dict[str, Any],
+              timed: bool = True) -> tuple[str, Any]:
+        """Settles whether this worker measures `plan` in the Optuna trial `otrial` (`timed`
+        False: evaluates its accuracy alone, against the accuracy budget).
 
         Returns ("measure", None); ("repeat", FrozenTrial) when another trial holds the same
-        plan, finished or claimed earlier; or ("over", None) when trials numbered before this
-        one, claimed or not yet settled, already use the budget. Each worker decides from the
-        records of the trials numbered before its own, so two workers never both measure one
-        plan or both take the budget's last measurement."""
+        plan, finished or claimed earlier (for a timing, a timing of it; for an accuracy
+        evaluation, either); or ("over", None) when trials numbered before this one, claimed
+        or not yet settled, already use the budget. Each worker decides from the records of
+        the trials numbered before its own, so two workers never both measure one plan or
+        both take the budget's last measurement."""
         digest = plan.digest()
         for key, value in {"plan": plan.to_dict(), "plan_summary": plan.describe(),
-                           "plan_digest": digest, **attrs, "worker": worker_id()}.items():
+                           "plan_digest": digest, **attrs, "timed": timed,
+                           "worker": worker_id()}.items():
             otrial.set_user_attr(key, value)
         otrial.set_user_attr("claimed", True)
         self._beat(otrial)
@@ -215,9 +219,10 @@ class Ledger:
                 break  # what is still unsettled then was asked by a worker that died at once
             time.sleep(0.2)
         for t in earlier:
-            if t.user_attrs.get("plan_digest") == digest and self._holds_plan(t):
+            if (t.user_attrs.get("plan_digest") == digest and self._holds_plan(t)
+                    and (self._timed(t) or not timed)):
                 return "repeat", t
-        if sum(self._uses_budget(t) for t in earlier) >= budget:
+        if sum(self._uses_budget(t, timed) for t in earlier) >= budget:
             return "over", None
         return "measure", None
 
@@ -299,9 +304,10 @@ class Ledger:
                 and (worker is None or (f.user_attrs.get("worker") == worker
                                         and not t.is_baseline))]
 
-    def spent(self) -> int:
-        """Real measurements made or under way: cache hits are free, failures count."""
-        return sum(self._uses_budget(t) for t in self.study.get_trials(deepcopy=False))
+    def spent(self, timed: bool = True) -> int:
+        """Real timings (`timed` False: accuracy evaluations) made or under way: cache hits
+        are free, failures count."""
+        return sum(self._uses_budget(t, timed) for t in self.study.get_trials(deepcopy=False))
 
     def in_flight(self, exclude: str | None = None) -> list:
         """Trials being measured now (by other workers than `exclude`)."""
@@ -355,11 +361,16 @@ class Ledger:
             and (t.state == optuna.trial.TrialState.RUNNING or "measurement" in a)
 
     @staticmethod
-    def _uses_budget(t) -> bool:
+    def _timed(t) -> bool:
+        return t.user_attrs.get("timed", True)
+
+    @classmethod
+    def _uses_budget(cls, t, timed: bool = True) -> bool:
         a = t.user_attrs
         if "skipped" in a or a.get("strategy") == "baseline" or not a.get("claimed", False):
             return False
-        return not a.get("cached", False)  # being measured, measured, failed or lost
+        # being measured, measured, failed or lost, of the kind asked
+        return not a.get("cached", False) and cls._timed(t) == timed
 
     @staticmethod
     def _attrs(trial: Trial) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Strategies propose Plans; the tuner measures them and tells the strategy what happened.
 
 `ask()` is called before each measurement and returns the next Plan, or None when the strategy
-has nothing new to propose. `tell()` is called once per proposed Plan with its Measurement
+has nothing new to propose. A strategy that wants a plan's accuracy alone (built and scored on
+the evaluation split, not timed: cheap next to a timing, and counted against the accuracy budget
+instead) sets `accuracy_only` before returning it. `tell()` is called once per proposed Plan with its Measurement
 and score (None for a failed candidate). A strategy never proposes the same Plan twice.
 
 Every trial is recorded in the run's Optuna study (the ledger, `autotune.store`); `open_trial`
@@ -36,6 +38,8 @@ class Strategy(ABC):
         self.objective: Objective | None = None
         self.ledger: Ledger | None = None
         self._trial = None  # the Optuna trial of the last proposal, if the strategy opened it
+        self.accuracy_only = False  # the last proposal is for an accuracy evaluation
+        self.accuracy_budget = 0
 
     def ask(self) -> Plan | None:
         """The next new Plan: the space's start points first, then the strategy's own."""
@@ -45,9 +49,11 @@ class Strategy(ABC):
                 return plan
         return self._ask()
 
-    def setup(self, baseline: Measurement, objective: Objective, ledger: Ledger) -> None:
+    def setup(self, baseline: Measurement, objective: Objective, ledger: Ledger,
+              accuracy_budget: int = 0) -> None:
         """Called once by the tuner, after the baseline is measured and before the first ask."""
         self.baseline, self.objective, self.ledger = baseline, objective, ledger
+        self.accuracy_budget = accuracy_budget
 
     def open_trial(self):
         """The Optuna trial the last proposal is recorded in."""
@@ -242,6 +248,194 @@ class Greedy(Strategy):
                 "lossy_sites": len(self.lossy)}
 
 
+class TopDown(Strategy):
+    """Per-region precision from the top: whole-model INT8 first, then back to FP32 only where
+    the accuracy is lost, in the order that costs least latency.
+
+    After the space's start points (timed):
+    1. the quantizer settings and execution provider: those of the most accurate static INT8
+       start point among those faster than the baseline (the fastest if none is);
+    2. every INT8 region at once, accuracy only; if that is over the limit,
+    3. each region reverted to FP32 alone, accuracy only: what it gives back;
+    4. the regions ordered by accuracy given back per latency lost (reverts the estimator says
+       cost nothing first), and a binary search, accuracy only, for the shortest prefix of that
+       order whose revert brings the plan within the limit;
+    5. the plans found within the limit timed for real, fastest estimate first;
+    6. while budget lasts, regions the best timed plan reverted are put back in INT8 one at a
+       time, dearest first, each screened by accuracy and timed if it stays within the limit.
+    Accuracy evaluations count against the accuracy budget, timings against the budget.
+    Latency estimates come from `autotune.estimator` (the CPU provider's profile); without one,
+    a plan with more INT8 regions counts as faster.
+    """
+
+    name = "topdown"
+    FRONT_RUNNERS = 3  # plans within the limit timed before the local search
+
+    def __init__(self, space: SearchSpace, seed: int = 0, workload=None) -> None:
+        super().__init__(space, seed)
+        self.workload = workload
+        self.seen.add(Plan().digest())
+        self.regions = [c.key for c in space.site_choices if "int8" in c.options]
+        self.starts = {self.space.plan(p).digest(): p for p in space.start}
+        self.results: dict[tuple[str, bool], Measurement] = {}  # (digest, timed) -> what came back
+        self.setting: dict = {}  # quantizer and provider choices every plan here carries
+        self._steps = None
+        self._estimate = None
+
+    def setup(self, baseline: Measurement, objective: Objective, ledger: Ledger,
+              accuracy_budget: int = 0) -> None:
+        super().setup(baseline, objective, ledger, accuracy_budget)
+        self._estimate = self._estimator()
+
+    def _estimator(self):
+        """Estimated latency (ms) of a plan, or None: the cost model is a help, not a need."""
+        if self.workload is None or not self.regions:
+            return None
+        from autotune.estimator import Estimator, profile
+
+        try:
+            return Estimator(profile(self.workload), self.space.sites).latency_ms
+        except Exception:  # a model the profiler cannot attribute: order by accuracy alone
+            return None
+
+    def _plan(self, int8: list[str]) -> Plan:
+        return self.space.plan({**self.setting, **{key: "int8" for key in int8}})
+
+    def _latency(self, int8: list[str]) -> float:
+        if self._estimate is None:
+            return -len(int8)
+        return self._estimate(self._plan(int8))
+
+    def _drop(self, m: Measurement | None) -> float | None:
+        return self.objective.accuracy_drop(m, self.baseline) if m is not None and m.ok else None
+
+    def _fits(self, m: Measurement | None) -> bool:
+        drop = self._drop(m)
+        return drop is not None and drop <= self.objective.max_accuracy_drop + 1e-9
+
+    def _ask(self) -> Plan | None:
+        if self._steps is None:
+            self._steps = self._search()
+        return next(self._steps, None)
+
+    def _tell(self, plan: Plan, measurement: Measurement, score: float | None) -> None:
+        self.results[(plan.digest(), measurement.timed)] = measurement
+
+    def _accuracy(self, int8: list[str]):
+        """Yields the plan for an accuracy evaluation unless its accuracy is known; gives the
+        Measurement (None when the accuracy budget is used)."""
+        plan = self._plan(int8)
+        d = plan.digest()
+        known = self.results.get((d, True)) or self.results.get((d, False))
+        if known is None and plan != Plan():
+            if self.ledger is not None and self.ledger.spent(timed=False) >= self.accuracy_budget:
+                return None
+            self.accuracy_only = True
+            yield plan
+            self.accuracy_only = False
+            # a timing of the plan (by another worker, or cached) answers for its accuracy too
+            known = self.results.get((d, False)) or self.results.get((d, True))
+        return known
+
+    def _timing(self, int8: list[str]):
+        """Yields the plan for a timing unless it was timed; gives its score (None: not
+        exportable: over the limit, no faster, or failed)."""
+        plan = self._plan(int8)
+        if self._fresh(plan):
+            self.accuracy_only = False
+            yield plan
+        m = self.results.get((plan.digest(), True))
+        if m is None or not self.objective.verdict(m, self.baseline)[0]:
+            return None
+        return self.objective.score(m, self.baseline)
+
+    def _choose_setting(self) -> None:
+        """Quantizer settings and provider from the static INT8 start points."""
+        measured = []
+        for digest, point in self.starts.items():
+            m = self.results.get((digest, True))
+            plan = self.space.plan(point)
+            if m is not None and m.ok and plan.quantization and plan.quantization.mode == "static":
+                measured.append((point, m))
+        if not measured:
+            return
+        floor = 1.0 + self.objective.min_gain
+        fast = [(p, m) for p, m in measured if (m.speedup or 0) >= floor]
+        if fast:
+            point, _ = min(fast, key=lambda pm: (self._drop(pm[1]) if self._drop(pm[1]) is not None
+                                                 else float("inf"), -pm[1].speedup))
+        else:
+            point, _ = max(measured, key=lambda pm: pm[1].speedup or 0)
+        self.setting = {k: v for k, v in point.items()
+                        if k.startswith("quantization") or k == "execution_provider"
+                        or k in spaces.PROVIDER_KEYS}
+
+    def _search(self):
+        self._choose_setting()
+        everything = list(self.regions)
+        if not everything:
+            return
+        all_int8 = yield from self._accuracy(everything)
+        if all_int8 is None or not all_int8.ok:
+            return
+        within = []  # INT8 region lists found within the limit
+        if self._fits(all_int8):
+            within.append(everything)
+        else:
+            base_drop = self._drop(all_int8)
+            gain, cost = {}, {}
+            full_ms = self._latency(everything)
+            for key in everything:
+                rest = [k for k in everything if k != key]
+                m = yield from self._accuracy(rest)
+                drop = self._drop(m)
+                gain[key] = base_drop - drop if drop is not None else 0.0
+                cost[key] = self._latency(rest) - full_ms
+                if self._fits(m):
+                    within.append(rest)
+            order = sorted(everything, key=lambda k: (0, cost[k], -gain[k]) if cost[k] <= 0
+                           else (1, -gain[k] / cost[k], 0.0))
+            lo, hi = 0, len(order)  # the prefix of `order` reverted: hi fits (all FP32 does)
+            while lo + 1 < hi:
+                mid = (lo + hi) // 2
+                kept = [k for k in everything if k not in order[:mid]]
+                m = yield from self._accuracy(kept)
+                if m is None:
+                    break
+                if self._fits(m):
+                    hi = mid
+                    within.append(kept)
+                else:
+                    lo = mid
+            if hi < len(order):
+                within.append([k for k in everything if k not in order[:hi]])
+        # the front-runners, fastest estimate first
+        unique = {self._plan(w).digest(): w for w in within}
+        ranked = sorted(unique.values(), key=self._latency)
+        best, best_score = None, 1.0
+        for int8 in ranked[:self.FRONT_RUNNERS]:
+            score = yield from self._timing(int8)
+            if score is not None and score > best_score:
+                best, best_score = int8, score
+        if best is None:
+            return
+        # local search: put reverted regions back in INT8, dearest revert first
+        reverted = sorted((k for k in everything if k not in best),
+                          key=lambda k: self._latency([x for x in best] + [k]))
+        for key in reverted:
+            trial = best + [key]
+            m = yield from self._accuracy(trial)
+            if not self._fits(m):
+                continue
+            score = yield from self._timing(trial)
+            if score is not None and score > best_score:
+                best, best_score = trial, score
+
+    def settings(self) -> dict:
+        return {**super().settings(), "int8_regions": len(self.regions),
+                "front_runners": self.FRONT_RUNNERS}
+
+
 class OptunaStrategy(Strategy):
     """An Optuna sampler over the same choices, through Optuna's ask-and-tell interface, on the
     run's study.
@@ -277,8 +471,9 @@ class OptunaStrategy(Strategy):
         self.values: dict[str, float | tuple[float, ...]] = {}
         self.seen.add(Plan().digest())
 
-    def setup(self, baseline: Measurement, objective: Objective, ledger: Ledger) -> None:
-        super().setup(baseline, objective, ledger)
+    def setup(self, baseline: Measurement, objective: Objective, ledger: Ledger,
+              accuracy_budget: int = 0) -> None:
+        super().setup(baseline, objective, ledger, accuracy_budget)
         self.study = ledger.load(self.sampler)
         self.values[Plan().digest()] = objective.baseline_value
         # Start points as enqueued trials (once per study, by the first worker): the sampler
@@ -441,7 +636,7 @@ _PRESET_SPACE = SearchSpace("presets", "", ())
 
 
 STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (
-    RandomSearch, TPE, CmaEs, GP, QMC, NSGA2, Greedy, Presets)}
+    RandomSearch, TPE, CmaEs, GP, QMC, NSGA2, Greedy, TopDown, Presets)}
 
 
 NAMES = (*STRATEGIES, "ppo")  # ppo: autotune.agents, which needs sb3-contrib
@@ -462,4 +657,6 @@ def make(name: str, space: SearchSpace, seed: int = 0, workload=None,
         return PPO(space, seed, workload=workload, policy=policy)
     if policy is not None:
         raise UsageError("--policy goes with --strategy ppo")
+    if name == "topdown":
+        return TopDown(space, seed, workload=workload)
     return STRATEGIES[name](space, seed)

@@ -14,7 +14,7 @@ from typing import Any
 from autotune import export, pareto, providers, strategies
 from autotune import space as spaces
 from autotune.errors import ModelError, UsageError
-from autotune.measure import Cache, Measurement, Measurer, Protocol, machine
+from autotune.measure import ACCURACY_BUDGET, Cache, Measurement, Measurer, Protocol, machine
 from autotune.objective import Objective
 from autotune.paths import cache_dir
 from autotune.plan import Plan
@@ -30,7 +30,8 @@ class TuneResult:
     baseline: Trial
     trials: list[Trial]
     best: Trial | None  # None: the baseline configuration is the answer
-    measurements_used: int
+    measurements_used: int  # timings
+    accuracy_evaluations: int = 0  # accuracy evaluations (not timed), cache hits aside
 
 
 def default_cache() -> Cache:
@@ -52,20 +53,24 @@ def pick_best(trials: list[Trial], objective: Objective) -> Trial | None:
 
 
 def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", budget: int = 12,
+         accuracy_budget: int = ACCURACY_BUDGET,
          objective: Objective = Objective(), seed: int = 0, out: Path,
          protocol: Protocol = Protocol(), cache: Cache | None = None,
          command: list[str] | None = None, quiet: bool = False,
          measurer: Measurer | None = None, storage: str | None = None,
          study: str | None = None, heartbeat_seconds: int = 10,
          policy: Path | None = None, progress: Progress | None = None) -> TuneResult:
-    """Tunes `workload` over `space`. `budget` counts real measurements beyond the baseline:
-    cache hits are free, failed candidates count. The trials go into an Optuna study: SQLite at
+    """Tunes `workload` over `space`. `budget` counts real measurements (timings) beyond the
+    baseline: cache hits are free, failed candidates count; `accuracy_budget` counts accuracy
+    evaluations, which strategies that screen plans by accuracy ask for. The trials go into an Optuna study: SQLite at
     RUN_DIR/study.db, or the database at `storage`, where `autotune worker` processes on other
     machines can join it (`join`). `measurer` replaces the real one (tests); `progress` shows
     the run in a display of the caller's (an experiment's)."""
     out = Path(out)
     if budget < 0:
         raise UsageError(f"--budget must be >= 0, got {budget}")
+    if accuracy_budget < 0:
+        raise UsageError(f"--accuracy-budget must be >= 0, got {accuracy_budget}")
     if heartbeat_seconds < 1:
         raise UsageError(f"--heartbeat must be at least 1 second, got {heartbeat_seconds}")
     if workload.metric.name == "top1" and objective.max_accuracy_drop > 1:
@@ -79,7 +84,8 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
             raise UsageError(f"{out} already exists and is not empty; choose a new --out "
                              f"directory or remove it")
         asked = {"workload": workload.digest(), "search space": spaces.to_spec(space),
-                 "strategy": strategy, "budget": budget, "objective": asdict(objective),
+                 "strategy": strategy, "budget": budget, "accuracy_budget": accuracy_budget,
+                 "objective": asdict(objective),
                  "seed": seed, "protocol": asdict(protocol)}
         stopped_run = RunStore(out)
         if (why := _differs(stopped_run.run_info(), asked)) is not None:
@@ -103,6 +109,7 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
         base_m = _measure_baseline(measurer, progress)
         searcher = strategies.make(strategy, space, seed, workload, policy)
         info = _run_info(workload, space, searcher, budget, objective, seed, protocol, command)
+        info["accuracy_budget"] = accuracy_budget
         # Only now is anything written: bad input above leaves nothing behind.
         store = RunStore(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +124,7 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
             progress.say(f"study `{study}` in {mask(storage)}; more workers, one per machine: "
                          f"autotune worker --storage URL --study {study}")
         baseline = _work(ledger, searcher, measurer, base_m, objective, budget, seed, progress,
-                         store)
+                         store, accuracy_budget=accuracy_budget)
         return _export_best(out, ledger, workload, measurer, baseline, objective, progress)
 
 
@@ -137,7 +144,8 @@ def join(storage: str, study: str, *, cache: Cache | None = None, quiet: bool = 
         base_m = _measure_baseline(measurer, progress)
         searcher = strategies.make(info["strategy"]["name"], space, seed, w,
                                    info["strategy"].get("policy"))
-        _work(ledger, searcher, measurer, base_m, objective, info["budget"], seed, progress)
+        _work(ledger, searcher, measurer, base_m, objective, info["budget"], seed, progress,
+              accuracy_budget=info.get("accuracy_budget", 0))
     return ledger.trials(worker=worker_id())
 
 
@@ -153,11 +161,11 @@ def _differs(info: dict[str, Any], asked: dict[str, Any]) -> str | None:
 
     had = {"workload": info["workload_digest"], "search space": info["search_space_spec"],
            "strategy": info["strategy"]["name"], "budget": info["budget"],
-           "objective": info["objective"], "seed": info["seed"], "protocol": info["protocol"]}
+           "accuracy_budget": info.get("accuracy_budget", 0), "objective": info["objective"], "seed": info["seed"], "protocol": info["protocol"]}
     for key, value in asked.items():
         if json.dumps(value, sort_keys=True, default=str) != json.dumps(had[key], sort_keys=True,
                                                                        default=str):
-            if key in ("budget", "seed", "strategy"):
+            if key in ("budget", "accuracy_budget", "seed", "strategy"):
                 return f"{key} is {had[key]}, not {value}"
             return f"{key} differs"
     return None
@@ -190,7 +198,8 @@ def resume(out: Path, *, cache: Cache | None = None, quiet: bool = False,
         searcher = strategies.make(info["strategy"]["name"], space, info["seed"], w,
                                    info["strategy"].get("policy"))
         baseline = _work(ledger, searcher, measurer, base_m, objective, info["budget"],
-                         info["seed"], progress, store, resuming=True)
+                         info["seed"], progress, store, resuming=True,
+                         accuracy_budget=info.get("accuracy_budget", 0))
         shutil.rmtree(out / "best", ignore_errors=True)  # an export the stop cut short
         return _export_best(out, ledger, w, measurer, baseline, objective, progress)
 
@@ -202,8 +211,9 @@ def _export_best(out: Path, ledger: Ledger, workload: Workload, measurer: Measur
     best = pick_best(trials, objective)
     progress.status("exporting the tuned model")
     export.write(out / "best", workload, measurer, baseline, best, objective)
-    used = sum(not t.measurement.cached for t in trials)
-    return TuneResult(out, baseline, trials, best, used)
+    used = sum(not t.measurement.cached and t.measurement.timed for t in trials)
+    evaluated = sum(not t.measurement.cached and not t.measurement.timed for t in trials)
+    return TuneResult(out, baseline, trials, best, used, evaluated)
 
 
 def _context(info: dict[str, Any]) -> tuple[Workload, SearchSpace, Objective, Protocol]:
@@ -234,10 +244,12 @@ def _measure_baseline(measurer: Measurer, progress: Progress):
 
 def _work(ledger: Ledger, searcher: strategies.Strategy, measurer: Measurer, base_m,
           objective: Objective, budget: int, seed: int, progress: Progress,
-          store: RunStore | None = None, resuming: bool = False) -> Trial:
-    """The loop every worker runs: propose, claim, measure, record, until the study's budget is
-    used or the strategy has nothing new; then wait for other workers' trials in flight.
-    Returns this machine's baseline trial (`resuming`: the one recorded before, if any)."""
+          store: RunStore | None = None, resuming: bool = False,
+          accuracy_budget: int = 0) -> Trial:
+    """The loop every worker runs: propose, claim, measure (or evaluate accuracy alone, when
+    the strategy asks), record, until the study's budget is used or the strategy has nothing
+    new; then wait for other workers' trials in flight. Returns this machine's baseline trial
+    (`resuming`: the one recorded before, if any)."""
     host = platform.node()
     me = worker_id()
     name = searcher.name
@@ -245,7 +257,7 @@ def _work(ledger: Ledger, searcher: strategies.Strategy, measurer: Measurer, bas
     baseline = earlier[0] if earlier else ledger.add_baseline(
         Trial(0, Plan(), base_m, "baseline", seed, 1.0, False, "the baseline", host),
         objective.baseline_value, *(searcher.baseline_params() or ()))
-    searcher.setup(base_m, objective, ledger)
+    searcher.setup(base_m, objective, ledger, accuracy_budget)
     progress.trial(baseline, None)
     attrs = {"strategy": name, "seed": seed, "host": host}
     warned = False
@@ -253,7 +265,7 @@ def _work(ledger: Ledger, searcher: strategies.Strategy, measurer: Measurer, bas
     while True:
         ledger.fail_stale()
         spent = ledger.spent()
-        progress.done(spent)
+        progress.done(spent, ledger.spent(timed=False))
         if spent >= budget:
             break
         plan = searcher.ask()
@@ -261,12 +273,16 @@ def _work(ledger: Ledger, searcher: strategies.Strategy, measurer: Measurer, bas
             progress.say(f"{name} has nothing new to propose (its plans, or the space, are "
                          f"exhausted)")
             break
+        timed = not searcher.accuracy_only
         otrial = searcher.open_trial()
-        verdict, other = ledger.claim(otrial, plan, budget, attrs)
+        verdict, other = ledger.claim(otrial, plan, budget if timed else accuracy_budget, attrs,
+                                      timed)
         if verdict == "over":
-            ledger.skip(otrial, "the budget was used by other workers")
-            searcher.tell(plan, Measurement.failed("not measured: the budget was used by other "
-                                                   "workers", transient=True), None)
+            why = ("the budget was used by other workers" if timed else
+                   f"the accuracy budget ({accuracy_budget}) is used")
+            ledger.skip(otrial, why)
+            searcher.tell(plan, Measurement.failed(f"not measured: {why}", transient=True,
+                                                   timed=timed), None)
             continue
         if verdict == "repeat":
             done = ledger.trial(other)  # None while in flight
@@ -283,10 +299,11 @@ def _work(ledger: Ledger, searcher: strategies.Strategy, measurer: Measurer, bas
                          f"timing jobs at once spoil each other's latencies; run one worker per "
                          f"machine")
             warned = True
-        progress.status(f"measuring {plan.describe()}")
+        progress.status(f"{'measuring' if timed else 'evaluating the accuracy of'} "
+                        f"{plan.describe()}")
         try:
             with ledger.heartbeat(otrial):
-                m = measurer.measure(plan)
+                m = measurer.measure(plan) if timed else measurer.evaluate(plan)
         except BaseException:  # not the candidate's failure: its plan may be measured again
             ledger.skip(otrial, "interrupted during the measurement")
             raise

@@ -67,6 +67,10 @@ def _reset_peak() -> bool:
         return False
 
 
+_FAILED_AT = {"load": "model refused by ONNX Runtime", "baseline": "baseline failed",
+              "run": "inference failed", "accuracy": "evaluation failed", "metric": "metric failed"}
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     from autotune.runtime import create_session
     from autotune.stats import median_ci, speedup_ci
@@ -90,7 +94,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         base.run(None, feed)
         # Accuracy before timing: a candidate whose metric fails is known in seconds.
         stage = "accuracy"
-        refs = _references(base, evaluation, spec.get("references"))
+        refs = _references(lambda: base, evaluation, spec.get("references"))
         outs = _outputs(cand, evaluation)
         stage = "metric"
         accuracy, error = _accuracy(spec, outs, refs, evaluation, labels)
@@ -107,10 +111,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         cand_alone = _interleave([cand], feed, short)[0]
         c_times, b_times = _interleave([cand, base], feed, protocol)
     except Exception as exc:  # ORT raises its own types (InvalidGraph, Fail, NotImplemented, ...)
-        where = {"load": "model refused by ONNX Runtime", "baseline": "baseline failed",
-                 "run": "inference failed", "accuracy": "evaluation failed",
-                 "metric": "metric failed"}[stage]
-        return {"status": "failed", "reason": f"{where}: {_reason(exc)}"}
+        return {"status": "failed", "reason": f"{_FAILED_AT[stage]}: {_reason(exc)}"}
     lat, lat_lo, lat_hi = median_ci(c_times)
     bl, bl_lo, bl_hi = median_ci(b_times)
     sp, sp_lo, sp_hi = speedup_ci(b_times, c_times)
@@ -121,6 +122,27 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             "runs": len(c_times), "peak_memory_mb": peak_mb,
             "accuracy": accuracy, "output_error": error, "metric": spec["metric"]["name"],
             "higher_is_better": spec["metric"]["higher_is_better"], **extra}
+
+
+def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
+    """A built candidate's score on the split, untimed: an accuracy evaluation."""
+    from autotune.runtime import create_session
+
+    evaluation, labels = _evaluation(spec["data"], spec.get("split", "eval"))
+    stage = "load"
+    try:
+        cand = create_session(spec["model"], spec["settings"])
+        stage = "baseline"
+        refs = _references(lambda: create_session(spec["baseline"], spec["baseline_settings"]),
+                           evaluation, spec.get("references"))
+        stage = "accuracy"
+        outs = _outputs(cand, evaluation)
+        stage = "metric"
+        accuracy, error = _accuracy(spec, outs, refs, evaluation, labels)
+    except Exception as exc:
+        return {"status": "failed", "reason": f"{_FAILED_AT[stage]}: {_reason(exc)}"}
+    return {"status": "ok", "accuracy": accuracy, "output_error": error,
+            "metric": spec["metric"]["name"], "higher_is_better": spec["metric"]["higher_is_better"]}
 
 
 def _interleave(sessions, feed, protocol) -> list[np.ndarray]:
@@ -184,20 +206,22 @@ def _accuracy(spec: dict[str, Any], outs, refs, evaluation, labels) -> tuple[flo
     return metric.score(outs, refs, evaluation, labels, Path(spec["baseline"])), error
 
 
-def _references(base, evaluation, path: str | None) -> list[dict[str, np.ndarray]]:
-    """The baseline's outputs on a split: from `path`, or computed (and saved there whole, for
-    the next measurement)."""
-    names = [o.name for o in base.get_outputs()]
+def _references(baseline, evaluation, path: str | None) -> list[dict[str, np.ndarray]]:
+    """The baseline's outputs on a split: from `path`, or computed with the session
+    `baseline()` gives (and saved there whole, for the next measurement)."""
     if path and Path(path).is_file():
         with np.load(path) as f:
-            count = len({k.split(":")[0] for k in f.files})
+            names = json.loads(str(f["names"]))
+            count = len({k.split(":")[0] for k in f.files if k != "names"})
             return [{name: f[f"{i}:{k}"] for k, name in enumerate(names)} for i in range(count)]
+    base = baseline()
+    names = [o.name for o in base.get_outputs()]
     refs = _outputs(base, evaluation)
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(path).with_name(f"{Path(path).stem}.{os.getpid()}.partial.npz")
-        np.savez(tmp, **{f"{i}:{k}": out[name] for i, out in enumerate(refs)
-                         for k, name in enumerate(names)})
+        np.savez(tmp, names=json.dumps(names), **{f"{i}:{k}": out[name] for i, out in enumerate(refs)
+                                                  for k, name in enumerate(names)})
         tmp.replace(path)
     return refs
 
@@ -214,7 +238,7 @@ def check(spec: dict[str, Any]) -> dict[str, Any]:
                 f"({_reason(exc)}); check its operators and opset"}
     try:
         evaluation, labels = _evaluation(spec["data"], spec.get("split", "eval"))
-        refs = _references(base, evaluation, spec.get("references"))
+        refs = _references(lambda: base, evaluation, spec.get("references"))
     except Exception as exc:
         return {"status": "failed", "reason": f"the model does not run on its data "
                 f"({_reason(exc)}); check the input shapes bound and the data"}
@@ -270,7 +294,8 @@ def main(argv: list[str]) -> int:
     _inject_fault()
     spec = json.loads(Path(spec_file).read_text())
     try:
-        result = {"build": build, "measure": measure, "compare": compare, "check": check}[command](spec)
+        result = {"build": build, "measure": measure, "evaluate": evaluate, "compare": compare,
+                  "check": check}[command](spec)
     except Exception as exc:
         result = {"status": "failed", "reason": _reason(exc)}
     Path(result_file).write_text(json.dumps(result))

@@ -38,6 +38,24 @@ def test_repeated_candidate_comes_from_the_cache(tmp_path, mlp_path):
     assert again.latency_ms == first.latency_ms
 
 
+def test_an_accuracy_evaluation_scores_without_timing_and_is_cached(tmp_path, mlp_path):
+    from autotune.plan import Quantization
+
+    measurer = Measurer(workload.load(str(mlp_path)), FAST, Cache(tmp_path / "c.sqlite"))
+    plan = Plan(quantization=Quantization(mode="static"))
+    first = measurer.evaluate(plan)
+    assert first.ok and not first.timed and not first.cached, first.reason
+    assert first.latency_ms is None and first.speedup is None and first.peak_memory_mb is None
+    assert 0 < first.output_error < 0.5  # INT8 changes the outputs
+    again = measurer.evaluate(plan)
+    assert again.cached and again.output_error == first.output_error
+    timed = measurer.measure(plan)  # a timing is a new measurement, and answers for accuracy
+    assert timed.timed and not timed.cached and timed.output_error == first.output_error
+    other = Plan(quantization=Quantization(mode="dynamic"))
+    measurer.measure(other)
+    assert measurer.evaluate(other).timed  # from the timing, not built again
+
+
 def test_model_ort_refuses_is_a_failed_measurement(tmp_path):
     graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], domain="example.custom")],
                               "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],

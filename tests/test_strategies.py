@@ -30,6 +30,10 @@ class SiteFake:
                            speedup_ci=(speed * 0.99, speed * 1.01), runs=20, peak_memory_mb=10.0,
                            model_size_mb=1.0, accuracy=acc, metric="top1", cached=cached)
 
+    def evaluate(self, plan: Plan) -> Measurement:
+        m = self.measure(plan)
+        return Measurement("ok", accuracy=m.accuracy, metric="top1", timed=False, cached=m.cached)
+
     def build(self, plan, out_dir):
         return Candidate(self.workload.model_path, session_settings(plan.runtime))
 
@@ -71,7 +75,7 @@ def test_greedy_stops_when_it_has_nothing_left(w, tmp_path):
 def test_every_strategy_respects_budget_and_limit_and_never_repeats(w, tmp_path, name):
     result = _run(w, tmp_path, name, budget=8, limit=0.003)
     assert result.measurements_used <= 8
-    digests = [t.plan.digest() for t in result.trials]
+    digests = [(t.plan.digest(), t.measurement.timed) for t in result.trials]
     assert len(digests) == len(set(digests))
     if result.best is not None:
         assert 0.95 - result.best.measurement.accuracy <= 0.003 + 1e-9
@@ -168,3 +172,66 @@ def test_ppo_uses_its_whole_budget_when_the_policy_stops_proposing(w, tmp_path, 
     result = _run(w, tmp_path, "ppo", budget=8, limit=1.0)
     assert result.measurements_used == 8
     assert len({t.plan.digest() for t in result.trials}) == 8
+
+
+def _topdown(w, tmp_path, measurer, budget, accuracy_budget=100, limit=0.01, latency=None,
+             monkeypatch=None):
+    from autotune.strategies import TopDown
+
+    monkeypatch.setattr(TopDown, "_estimator", lambda self: latency)
+    return tune(w, SPACE, strategy="topdown", budget=budget, accuracy_budget=accuracy_budget,
+                out=tmp_path / "topdown", quiet=True, measurer=measurer,
+                objective=Objective(max_accuracy_drop=limit))
+
+
+def test_topdown_screens_by_accuracy_and_times_only_plans_within_the_limit(w, tmp_path, monkeypatch):
+    speed = lambda plan: 10 / (1 + 0.1 * len(plan.int8_sites))  # noqa: E731 (what SiteFake times)
+    result = _topdown(w, tmp_path, SiteFake(w), budget=4, latency=speed, monkeypatch=monkeypatch)
+    screened = [t for t in result.trials if not t.measurement.timed]
+    timed = [t for t in result.trials if t.measurement.timed]
+    # all INT8, then each region reverted alone, then a binary search over the revert order
+    assert screened[0].plan.int8_sites == sorted(f"int8_node:n{i}" for i in range(N_SITES))
+    assert len(screened) >= 1 + N_SITES and result.accuracy_evaluations == len(screened)
+    assert not any(t.exportable for t in screened) and all(t.score is None for t in screened)
+    fit = [t for t in screened if 0.95 - t.measurement.accuracy <= 0.01 + 1e-9]
+    assert fit and all("not timed" in t.verdict for t in fit)
+    assert timed and all(0.95 - t.measurement.accuracy <= 0.01 + 1e-9 for t in timed)
+    assert len(timed) <= 4
+    # the most accuracy-costly regions go back to FP32: 5 of 10 stay INT8, as bottom-up finds
+    assert len(result.best.plan.int8_sites) == 5
+    assert result.best.measurement.speedup == pytest.approx(1.5)
+
+
+SAVE = {f"int8_node:n{i}": 0.02 if i < 7 else 0.30 for i in range(N_SITES)}  # latency INT8 saves
+
+
+class SavingsFake(SiteFake):
+    """Like SiteFake, but INT8 on n7-n9 saves 15 times what it saves elsewhere."""
+
+    def measure(self, plan: Plan) -> Measurement:
+        m = super().measure(plan)
+        speed = 1.0 + sum(SAVE[s] for s in plan.int8_sites)
+        return Measurement("ok", latency_ms=10 / speed, baseline_ms=10.0, speedup=speed,
+                           speedup_ci=(speed * 0.99, speed * 1.01), runs=20, peak_memory_mb=10.0,
+                           model_size_mb=1.0, accuracy=m.accuracy, metric="top1", cached=m.cached)
+
+
+def test_topdown_reverts_what_costs_least_latency_per_accuracy_regained(w, tmp_path, monkeypatch):
+    latency = lambda plan: 10 / (1.0 + sum(SAVE[s] for s in plan.int8_sites))  # noqa: E731
+    top = _topdown(w, tmp_path, SavingsFake(w), budget=6, latency=latency, monkeypatch=monkeypatch)
+    greedy = tune(w, SPACE, strategy="greedy", budget=30, out=tmp_path / "greedy", quiet=True,
+                  measurer=SavingsFake(w), objective=Objective(max_accuracy_drop=0.01))
+    # n7-n9 cost the most accuracy but pay the most: top-down keeps two in INT8 (all three
+    # cost 0.0135) and gives up cheap ones instead; bottom-up, cheapest accuracy first, fills
+    # the limit with n0-n4 and never gets to them
+    assert len({"int8_node:n7", "int8_node:n8", "int8_node:n9"} & set(top.best.plan.int8_sites)) == 2
+    assert top.best.measurement.speedup > greedy.best.measurement.speedup
+    assert top.measurements_used <= 6 < greedy.measurements_used
+
+
+def test_topdown_stops_screening_when_the_accuracy_budget_is_used(w, tmp_path, monkeypatch):
+    result = _topdown(w, tmp_path, SiteFake(w), budget=4, accuracy_budget=3,
+                      monkeypatch=monkeypatch)
+    assert result.accuracy_evaluations == 3
+    assert sum(not t.measurement.timed for t in result.trials) == 3
+    assert result.measurements_used <= 4
