@@ -363,9 +363,54 @@ def _calibration(source: Path, data_file: Path, q: "Quantization") -> Iterator[P
             partial.replace(cached)
 
 
+# Ops ORT's QDQ quantizer takes whole (in INT8 they add no rounding of their own, or little):
+# between INT8 nodes they go INT8 too, as in whole-model INT8. Normalizations, Softmax and the
+# like are left out: they are where INT8 costs accuracy.
+GLUE = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "MaxPool", "AveragePool",
+                  "GlobalAveragePool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
+                  "Concat", "Split", "Slice", "Pad", "Resize", "Add", "Mul"})
+
+
+def enclosed(model, nodes: list[str]) -> list[str]:
+    """`nodes` and the glue ops (GLUE) enclosed by them: those whose every activation input
+    comes from the set and whose every output goes only into it. Quantized with the chosen
+    nodes, they spare a Dequantize/Quantize pair at each (a MaxPool or residual Add between two
+    INT8 convolutions), so that every region in INT8 builds what whole-model INT8 builds."""
+    from collections import defaultdict
+
+    constant = {i.name for i in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    producer = {o: n.name for n in model.graph.node for o in n.output}
+    consumers = defaultdict(list)
+    for n in model.graph.node:
+        for i in n.input:
+            consumers[i].append(n.name)
+    outputs = {o.name for o in model.graph.output}
+    inside = set(nodes)
+    glue = [n for n in model.graph.node if n.op_type in GLUE and n.name and n.name not in inside]
+    changed = True
+    while changed:  # forward: glue fed only by the set
+        changed = False
+        for n in glue:
+            acts = [i for i in n.input if i and i not in constant]
+            if n.name not in inside and acts and all(producer.get(i) in inside for i in acts):
+                inside.add(n.name)
+                changed = True
+    changed = True
+    while changed:  # backward: and read only by it
+        changed = False
+        for n in glue:
+            if n.name in inside and any(o in outputs or not consumers[o] or
+                                        any(c not in inside for c in consumers[o])
+                                        for o in n.output if o):
+                inside.discard(n.name)
+                changed = True
+    return sorted(inside)
+
+
 def quantize_nodes(model_path: Path, out: Path, q: "Quantization", nodes: list[str],
                    data_file: Path | None, work: Path) -> str:
-    """Static INT8 QDQ of exactly `nodes`, checked afterwards.
+    """Static INT8 QDQ of `nodes` and the glue they enclose (`enclosed`), checked afterwards.
 
     ORT's pre-processing optimizer renames nodes (`mm` becomes `mm/MatMulAddFusion`), so a list
     of names would silently match nothing: here it runs shape inference only, and every chosen
@@ -384,7 +429,8 @@ def quantize_nodes(model_path: Path, out: Path, q: "Quantization", nodes: list[s
         source = work / "inferred.onnx"
     except Exception as exc:  # the tool raises bare Exceptions
         note = f"no shape inference ({type(exc).__name__})"
-    _quantize(source, out, q, data_file, list(nodes))
+    glued = enclosed(onnx.load(str(source), load_external_data=False), list(nodes))
+    _quantize(source, out, q, data_file, glued)
     quantized = onnx.load(str(out), load_external_data=False)
     dq_outputs = {o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     got = {n.name for n in quantized.graph.node if n.input and n.input[0] in dq_outputs}
@@ -392,7 +438,9 @@ def quantize_nodes(model_path: Path, out: Path, q: "Quantization", nodes: list[s
     if missed:
         raise ValueError(f"INT8 was chosen for {len(missed)} node(s) the quantizer left in float: "
                          f"{', '.join(missed[:3])}")
-    return _notes(f"INT8 at {len(nodes)} node(s)", note, readied)
+    extra = len(glued) - len(set(nodes))
+    return _notes(f"INT8 at {len(nodes)} node(s)" + (f" and {extra} between them" if extra else ""),
+                  note, readied)
 
 
 def quantize_dynamic_nodes(model_path: Path, out: Path, nodes: list[str]) -> str:

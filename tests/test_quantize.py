@@ -131,3 +131,30 @@ def test_tensors_too_narrow_for_the_histogram_still_calibrate(tmp_path):
             c = apply(Plan(quantization=q), tmp_path / "m.onnx", w.data_file(),
                       tmp_path / f"{method}-{activations}")
             ort.InferenceSession(str(c.model), providers=["CPUExecutionProvider"])
+
+
+def test_glue_between_int8_nodes_goes_int8_with_them():
+    """A Relu and MaxPool between two INT8 convolutions are quantized with them (as whole-model
+    INT8 does); glue that feeds an output or an FP32 node stays in float."""
+    from onnx import TensorProto, helper
+
+    from autotune.quantize import enclosed
+
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2"], ["c2"], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),  # to the output
+             helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3"),  # FP32
+             helper.make_node("Add", ["r2", "c3"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph)
+    assert enclosed(model, ["conv1", "conv2"]) == ["conv1", "conv2", "pool1", "relu1"]
+    # with conv3 chosen too, relu2 is still read by the Add that makes the output: float
+    assert enclosed(model, ["conv1", "conv2", "conv3"]) == ["conv1", "conv2", "conv3", "pool1",
+                                                           "relu1"]
+    model.graph.node[-1].output[0] = "sum"  # the Add now feeds a chosen Gemm
+    model.graph.node.append(helper.make_node("Gemm", ["sum", "w4"], ["y"], name="fc"))
+    assert "add" in enclosed(model, ["conv1", "conv2", "conv3", "fc"])
+    assert "relu2" in enclosed(model, ["conv1", "conv2", "conv3", "fc"])
