@@ -260,8 +260,11 @@ class TopDown(Strategy):
     4. the regions ordered by accuracy given back per latency lost (reverts the estimator says
        cost nothing first), and a binary search, accuracy only, for the shortest prefix of that
        order whose revert brings the plan within the limit;
-    5. the plans found within the limit timed for real, fastest estimate first;
-    6. while budget lasts, regions the best timed plan reverted are put back in INT8 one at a
+    5. from the other end, for plans top-down misses (one region may cost more alone than all
+       but one do): each region alone in INT8, accuracy only, and a binary search for the
+       longest prefix, by latency saved per accuracy lost, within the limit;
+    6. the plans found within the limit timed for real, fastest estimate first;
+    7. while budget lasts, regions the best timed plan left in FP32 are put in INT8 one at a
        time, dearest first, each screened by accuracy and timed if it stays within the limit.
     Accuracy evaluations count against the accuracy budget, timings against the budget.
     Latency estimates come from `autotune.estimator` (the CPU provider's profile); without one,
@@ -375,40 +378,10 @@ class TopDown(Strategy):
         everything = list(self.regions)
         if not everything:
             return
-        all_int8 = yield from self._accuracy(everything)
-        if all_int8 is None or not all_int8.ok:
+        within = yield from self._top_down(everything)
+        if within is None:  # every region in INT8 does not build: nothing to go down from
             return
-        within = []  # INT8 region lists found within the limit
-        if self._fits(all_int8):
-            within.append(everything)
-        else:
-            base_drop = self._drop(all_int8)
-            gain, cost = {}, {}
-            full_ms = self._latency(everything)
-            for key in everything:
-                rest = [k for k in everything if k != key]
-                m = yield from self._accuracy(rest)
-                drop = self._drop(m)
-                gain[key] = base_drop - drop if drop is not None else 0.0
-                cost[key] = self._latency(rest) - full_ms
-                if self._fits(m):
-                    within.append(rest)
-            order = sorted(everything, key=lambda k: (0, cost[k], -gain[k]) if cost[k] <= 0
-                           else (1, -gain[k] / cost[k], 0.0))
-            lo, hi = 0, len(order)  # the prefix of `order` reverted: hi fits (all FP32 does)
-            while lo + 1 < hi:
-                mid = (lo + hi) // 2
-                kept = [k for k in everything if k not in order[:mid]]
-                m = yield from self._accuracy(kept)
-                if m is None:
-                    break
-                if self._fits(m):
-                    hi = mid
-                    within.append(kept)
-                else:
-                    lo = mid
-            if hi < len(order):
-                within.append([k for k in everything if k not in order[:hi]])
+        within += yield from self._bottom_up(everything)
         # the front-runners, fastest estimate first
         unique = {self._plan(w).digest(): w for w in within}
         ranked = sorted(unique.values(), key=self._latency)
@@ -419,10 +392,9 @@ class TopDown(Strategy):
                 best, best_score = int8, score
         if best is None:
             return
-        # local search: put reverted regions back in INT8, dearest revert first
-        reverted = sorted((k for k in everything if k not in best),
-                          key=lambda k: self._latency([x for x in best] + [k]))
-        for key in reverted:
+        # local search: regions the best left in FP32 put in INT8, dearest first
+        for key in sorted((k for k in everything if k not in best),
+                          key=lambda k: self._latency(best + [k])):
             trial = best + [key]
             m = yield from self._accuracy(trial)
             if not self._fits(m):
@@ -430,6 +402,70 @@ class TopDown(Strategy):
             score = yield from self._timing(trial)
             if score is not None and score > best_score:
                 best, best_score = trial, score
+
+    def _top_down(self, everything: list[str]):
+        """Region lists within the limit found by reverting regions from all-INT8 (None when
+        all-INT8 does not build)."""
+        all_int8 = yield from self._accuracy(everything)
+        if all_int8 is None or not all_int8.ok:
+            return None
+        if self._fits(all_int8):
+            return [everything]
+        within = []
+        base_drop = self._drop(all_int8)
+        gain, cost = {}, {}
+        full_ms = self._latency(everything)
+        for key in everything:
+            rest = [k for k in everything if k != key]
+            m = yield from self._accuracy(rest)
+            drop = self._drop(m)
+            gain[key] = base_drop - drop if drop is not None else 0.0
+            cost[key] = self._latency(rest) - full_ms
+            if self._fits(m):
+                within.append(rest)
+        order = sorted(everything, key=lambda k: (0, cost[k], -gain[k]) if cost[k] <= 0
+                       else (1, -gain[k] / cost[k], 0.0))
+        lo, hi = 0, len(order)  # how many of `order` to revert: hi fits (all FP32 does)
+        while lo + 1 < hi:
+            mid = (lo + hi) // 2
+            kept = [k for k in everything if k not in order[:mid]]
+            m = yield from self._accuracy(kept)
+            if m is None:
+                break
+            if self._fits(m):
+                hi = mid
+                within.append(kept)
+            else:
+                lo = mid
+        if hi < len(order):
+            within.append([k for k in everything if k not in order[:hi]])
+        return within
+
+    def _bottom_up(self, everything: list[str]):
+        """Region lists within the limit found from the other end: each region alone (accuracy
+        only), then the longest prefix, by latency saved per accuracy lost, within the limit.
+        Where one region alone already costs more than all-INT8 minus one, the top-down search
+        stops at plans over the limit that this finds."""
+        none_ms = self._latency([])
+        cost, saved = {}, {}
+        for key in everything:
+            m = yield from self._accuracy([key])
+            if self._fits(m):  # alone over the limit: in no plan within it, if costs add
+                cost[key], saved[key] = max(self._drop(m), 0.0), none_ms - self._latency([key])
+        order = sorted(cost, key=lambda k: (-saved[k] / max(cost[k], 1e-9), cost[k]))
+        within = [order[:1]] if order else []
+        lo, hi = min(1, len(order)), len(order)  # prefix lengths: lo fits, above hi does not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            m = yield from self._accuracy(order[:mid])
+            if m is None:
+                break
+            if self._fits(m):
+                lo = mid
+                within.append(order[:mid])
+            else:
+                hi = mid - 1
+        return within
 
     def settings(self) -> dict:
         return {**super().settings(), "int8_regions": len(self.regions),

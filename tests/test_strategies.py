@@ -235,3 +235,22 @@ def test_topdown_stops_screening_when_the_accuracy_budget_is_used(w, tmp_path, m
     assert result.accuracy_evaluations == 3
     assert sum(not t.measurement.timed for t in result.trials) == 3
     assert result.measurements_used <= 4
+
+
+class ClashFake(SiteFake):
+    """Any two INT8 sites together cost 2 points (errors that do not add up); n9 alone too,
+    every other site alone 0.1 point."""
+
+    def measure(self, plan: Plan) -> Measurement:
+        m = super().measure(plan)
+        chosen = plan.int8_sites
+        drop = 0.02 if len(chosen) > 1 or chosen == ["int8_node:n9"] else 0.001 * len(chosen)
+        return Measurement(**{**m.__dict__, "accuracy": 0.95 - drop})
+
+
+def test_topdown_finds_from_the_other_end_what_reverting_misses(w, tmp_path, monkeypatch):
+    # reverting all but n9 (the last in its order) is still over the limit: only a plan built
+    # from the bottom, one site alone, fits
+    result = _topdown(w, tmp_path, ClashFake(w), budget=4, monkeypatch=monkeypatch)
+    assert result.best is not None and len(result.best.plan.int8_sites) == 1
+    assert result.best.plan.int8_sites != ["int8_node:n9"]
