@@ -263,7 +263,8 @@ class TopDown(Strategy):
     5. from the other end, for plans top-down misses (one region may cost more alone than all
        but one do): each region alone in INT8, accuracy only, and a binary search for the
        longest prefix, by latency saved per accuracy lost, within the limit;
-    6. the plans found within the limit timed for real, fastest estimate first;
+    6. the plans found within the limit timed for real, fastest estimate first: the first
+       FRONT_RUNNERS, and more while none of them wins;
     7. while budget lasts, regions the best timed plan left in FP32 are put in INT8 one at a
        time, dearest first, each screened by accuracy and timed if it stays within the limit.
     Accuracy evaluations count against the accuracy budget, timings against the budget.
@@ -382,11 +383,13 @@ class TopDown(Strategy):
         if within is None:  # every region in INT8 does not build: nothing to go down from
             return
         within += yield from self._bottom_up(everything)
-        # the front-runners, fastest estimate first
+        # the front-runners, fastest estimate first; more while none of them wins
         unique = {self._plan(w).digest(): w for w in within}
         ranked = sorted(unique.values(), key=self._latency)
         best, best_score = None, 1.0
-        for int8 in ranked[:self.FRONT_RUNNERS]:
+        for i, int8 in enumerate(ranked):
+            if i >= self.FRONT_RUNNERS and best is not None:
+                break
             score = yield from self._timing(int8)
             if score is not None and score > best_score:
                 best, best_score = int8, score
@@ -453,7 +456,7 @@ class TopDown(Strategy):
             if self._fits(m):  # alone over the limit: in no plan within it, if costs add
                 cost[key], saved[key] = max(self._drop(m), 0.0), none_ms - self._latency([key])
         order = sorted(cost, key=lambda k: (-saved[k] / max(cost[k], 1e-9), cost[k]))
-        within = [order[:1]] if order else []
+        within = [[key] for key in order]
         lo, hi = min(1, len(order)), len(order)  # prefix lengths: lo fits, above hi does not
         while lo < hi:
             mid = (lo + hi + 1) // 2
