@@ -197,52 +197,43 @@ class Measurer:
 
     def measure(self, plan: Plan) -> Measurement:
         """The plan's Measurement, from the cache when this exact candidate was measured before."""
-        key = self.key(plan)
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            return hit
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="autotune-") as tmp:
-            built = self.build(plan, Path(tmp))
-            if isinstance(built, Measurement):
-                m = built
-            else:
-                m = self._measure(built.model, built.settings, Path(tmp), build_note=built.note)
-        m = Measurement(**{**{f.name: getattr(m, f.name) for f in fields(m)},
-                           "seconds": time.perf_counter() - start,
-                           "provenance": self._provenance()})
-        if self.cache is not None and not m.transient:
-            self.cache.put(key, m)
-        return m
+        return self._cached(plan, [self.key(plan)], lambda built, tmp: self._measure(
+            built.model, built.settings, tmp, build_note=built.note))
 
     def evaluate(self, plan: Plan) -> Measurement:
         """The plan's accuracy alone: built and scored on the evaluation split in a worker, not
         timed (`timed` False, no latency). Deterministic, so cached like a timing; a timing of
         the same candidate, which holds its accuracy too, answers it as well."""
+        return self._cached(plan, [self.key(plan), self._accuracy_key(plan)], self._evaluate,
+                            timed=False)
+
+    def _cached(self, plan: Plan, keys: list[str], run, timed: bool = True) -> Measurement:
+        """The first of `keys` the cache holds, else the plan built and `run(candidate, tmp)`,
+        with its wall time and provenance, cached under the last key."""
         if self.cache is not None:
-            for key in (self.key(plan), self._accuracy_key(plan)):
+            for key in keys:
                 if (hit := self.cache.get(key)) is not None:
                     return hit
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="autotune-") as tmp:
             built = self.build(plan, Path(tmp))
-            if isinstance(built, Measurement):
-                m = built
-            else:
-                spec = {**self._spec(), "model": str(built.model.resolve()),
-                        "settings": built.settings}
-                result = self._run("evaluate", spec, Path(tmp), self.protocol.measure_timeout)
-                m = (Measurement(status="ok", build_note=built.note,
-                                 model_size_mb=built.model.stat().st_size / 2**20,
-                                 **{k: v for k, v in result.items() if k != "status"})
-                     if result.get("status") == "ok" else
-                     Measurement.failed(result["reason"], build_note=built.note,
-                                        transient=result.get("transient", False)))
-        m = Measurement(**{**{f.name: getattr(m, f.name) for f in fields(m)}, "timed": False,
+            m = built if isinstance(built, Measurement) else run(built, Path(tmp))
+        m = Measurement(**{**{f.name: getattr(m, f.name) for f in fields(m)}, "timed": timed,
                            "seconds": time.perf_counter() - start,
                            "provenance": self._provenance()})
         if self.cache is not None and not m.transient:
-            self.cache.put(self._accuracy_key(plan), m)
+            self.cache.put(keys[-1], m)
         return m
+
+    def _evaluate(self, built: Candidate, tmp: Path) -> Measurement:
+        spec = {**self._spec(), "model": str(built.model.resolve()), "settings": built.settings}
+        result = self._run("evaluate", spec, tmp, self.protocol.measure_timeout)
+        if result.get("status") != "ok":
+            return Measurement.failed(result["reason"], build_note=built.note,
+                                      transient=result.get("transient", False))
+        result.pop("status")
+        return Measurement(status="ok", build_note=built.note,
+                           model_size_mb=built.model.stat().st_size / 2**20, **result)
 
     def _accuracy_key(self, plan: Plan) -> str:
         # INT8 kernels round differently on different CPUs: the machine is part of the key
