@@ -121,9 +121,9 @@ class Objective:
         wherever it ran; within the limit its speed is unknown: None."""
         drop = self.accuracy_drop(m, baseline) if m.ok else None
         if m.ok and not m.timed:
-            over = (drop if drop is not None else float("inf")) - self.max_accuracy_drop
-            return -1.0 - over if self.target != "pareto" and over > _EPS and drop is not None \
-                else None
+            if self.target == "pareto" or drop is None or drop - self.max_accuracy_drop <= _EPS:
+                return None
+            return -1.0 - (drop - self.max_accuracy_drop)
         if self.target == "pareto":
             if drop is None or not m.peak_memory_mb or not baseline.peak_memory_mb:
                 return None

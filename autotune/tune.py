@@ -108,8 +108,8 @@ def tune(workload: Workload, space: SearchSpace, *, strategy: str = "random", bu
     with progress:
         base_m = _measure_baseline(measurer, progress)
         searcher = strategies.make(strategy, space, seed, workload, policy)
-        info = _run_info(workload, space, searcher, budget, objective, seed, protocol, command)
-        info["accuracy_budget"] = accuracy_budget
+        info = _run_info(workload, space, searcher, budget, accuracy_budget, objective, seed,
+                         protocol, command)
         # Only now is anything written: bad input above leaves nothing behind.
         store = RunStore(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -338,7 +338,7 @@ def _wait_for_others(ledger: Ledger, me: str, progress: Progress) -> None:
 
 
 def _run_info(workload: Workload, space: SearchSpace, searcher: strategies.Strategy, budget: int,
-              objective: Objective, seed: int, protocol: Protocol,
+              accuracy_budget: int, objective: Objective, seed: int, protocol: Protocol,
               command: list[str] | None) -> dict[str, Any]:
     import onnxruntime
 
@@ -346,7 +346,8 @@ def _run_info(workload: Workload, space: SearchSpace, searcher: strategies.Strat
             "workload_digest": workload.digest(), "search_space": space.name,
             "search_space_spec": spaces.to_spec(space),
             "site_choices": len(space.site_choices),
-            "strategy": searcher.settings(), "budget": budget, "objective": asdict(objective),
+            "strategy": searcher.settings(), "budget": budget,
+            "accuracy_budget": accuracy_budget, "objective": asdict(objective),
             "seed": seed, "protocol": asdict(protocol), "onnxruntime": onnxruntime.__version__,
             "providers": {a.name: a.how for a in providers.available().values()},
             "search_space_notes": list(space.notes),
