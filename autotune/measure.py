@@ -279,15 +279,17 @@ class Measurer:
         return Measurement(**{**{f.name: getattr(m, f.name) for f in fields(m)},
                               "provenance": self._provenance()})
 
-    def compare(self, plans: list[Plan], split: str = "eval") -> list[Measurement]:
+    def compare(self, plans: list[Plan | Candidate], split: str = "eval") -> list[Measurement]:
         """The plans timed in one interleaved run, ratios and accuracy (on `split`) against the
-        first (give the baseline, Plan(), first); never cached. A plan that fails to build gets
-        a failed Measurement and the others run without it; if the run fails, every plan does."""
+        first (give the baseline, Plan(), first); never cached. A Candidate is a model built
+        elsewhere (another tool's, say), timed as it is. A plan that fails to build gets a
+        failed Measurement and the others run without it; if the run fails, every plan does."""
         with tempfile.TemporaryDirectory(prefix="autotune-") as tmp:
             dirs = [Path(tmp) / str(i) for i in range(len(plans))]
             for d in dirs:
                 d.mkdir()
-            built = [self.build(plan, d) for plan, d in zip(plans, dirs)]
+            built = [p if isinstance(p, Candidate) else self.build(p, d)
+                     for p, d in zip(plans, dirs)]
             ok = [b for b in built if isinstance(b, Candidate)]
             spec = {**self._spec(split),
                     "candidates": [{"model": str(b.model), "settings": b.settings} for b in ok]}

@@ -36,7 +36,7 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
     return {"status": "ok", "model": str(c.model), "settings": c.settings, "note": c.note}
 
 
-def _evaluation(data_file: str, split: str = "eval") -> tuple[list[dict[str, np.ndarray]],
+def batches(data_file: str, split: str = "eval") -> tuple[list[dict[str, np.ndarray]],
                                                               np.ndarray | None]:
     """A split of the data (the evaluation split unless told) as one feed per batch, and its
     labels if the data has them."""
@@ -76,7 +76,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     from autotune.stats import median_ci, speedup_ci
 
     protocol = spec["protocol"]
-    evaluation, labels = _evaluation(spec["data"], spec.get("split", "eval"))
+    evaluation, labels = batches(spec["data"], spec.get("split", "eval"))
 
     before = _memory_kb("VmRSS")
     _reset_peak()
@@ -95,7 +95,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         # Accuracy before timing: a candidate whose metric fails is known in seconds.
         stage = "accuracy"
         refs = _references(lambda: base, evaluation, spec.get("references"))
-        outs = _outputs(cand, evaluation)
+        outs = outputs(cand, evaluation)
         stage = "metric"
         accuracy, error = _accuracy(spec, outs, refs, evaluation, labels)
         extra = {}
@@ -128,7 +128,7 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
     """A built candidate's score on the split, untimed: an accuracy evaluation."""
     from autotune.runtime import create_session
 
-    evaluation, labels = _evaluation(spec["data"], spec.get("split", "eval"))
+    evaluation, labels = batches(spec["data"], spec.get("split", "eval"))
     stage = "load"
     try:
         cand = create_session(spec["model"], spec["settings"])
@@ -136,7 +136,7 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
         refs = _references(lambda: create_session(spec["baseline"], spec["baseline_settings"]),
                            evaluation, spec.get("references"))
         stage = "accuracy"
-        outs = _outputs(cand, evaluation)
+        outs = outputs(cand, evaluation)
         stage = "metric"
         accuracy, error = _accuracy(spec, outs, refs, evaluation, labels)
     except Exception as exc:
@@ -181,7 +181,7 @@ def _interleave(sessions, feed, protocol) -> list[np.ndarray]:
     return [np.array(t) for t in times]
 
 
-def _outputs(session, evaluation) -> list[dict[str, np.ndarray]]:
+def outputs(session, evaluation) -> list[dict[str, np.ndarray]]:
     names = [o.name for o in session.get_outputs()]
     return [dict(zip(names, session.run(None, feed))) for feed in evaluation]
 
@@ -216,7 +216,7 @@ def _references(baseline, evaluation, path: str | None) -> list[dict[str, np.nda
             return [{name: f[f"{i}:{k}"] for k, name in enumerate(names)} for i in range(count)]
     base = baseline()
     names = [o.name for o in base.get_outputs()]
-    refs = _outputs(base, evaluation)
+    refs = outputs(base, evaluation)
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(path).with_name(f"{Path(path).stem}.{os.getpid()}.partial.npz")
@@ -237,7 +237,7 @@ def check(spec: dict[str, Any]) -> dict[str, Any]:
         return {"status": "failed", "reason": f"the model does not run on ONNX Runtime as given "
                 f"({_reason(exc)}); check its operators and opset"}
     try:
-        evaluation, labels = _evaluation(spec["data"], spec.get("split", "eval"))
+        evaluation, labels = batches(spec["data"], spec.get("split", "eval"))
         refs = _references(lambda: base, evaluation, spec.get("references"))
     except Exception as exc:
         return {"status": "failed", "reason": f"the model does not run on its data "
@@ -255,7 +255,7 @@ def compare(spec: dict[str, Any]) -> dict[str, Any]:
     from autotune.runtime import create_session
     from autotune.stats import median_ci, speedup_ci
 
-    evaluation, labels = _evaluation(spec["data"], spec.get("split", "eval"))
+    evaluation, labels = batches(spec["data"], spec.get("split", "eval"))
     feed = evaluation[0]
     # No peak memory here: sessions made one after another in one process share its heap; the
     # `measure` command, whose candidate is the first session of a fresh process, measures it.
@@ -265,8 +265,8 @@ def compare(spec: dict[str, Any]) -> dict[str, Any]:
             sessions.append(create_session(c["model"], c["settings"], NO_SPIN))
             sessions[-1].run(None, feed)
         times = _interleave(sessions, feed, spec["protocol"])
-        refs = _outputs(sessions[0], evaluation)
-        scores = [_accuracy(spec, _outputs(s, evaluation), refs, evaluation, labels)
+        refs = outputs(sessions[0], evaluation)
+        scores = [_accuracy(spec, outputs(s, evaluation), refs, evaluation, labels)
                   for s in sessions]
     except Exception as exc:
         return {"status": "failed", "reason": _reason(exc)}

@@ -118,10 +118,9 @@ class Workload:
             if size is not None and shape[-1] != shape[-2]:
                 raise WorkloadError(f"zoo data are square images; bind {zoo.INPUT_NAME} to a "
                                     f"square shape, not {'x'.join(map(str, shape))}")
-            cal, ev, eval_labels = zoo.dataset(self.zoo_name, d.calibration, d.evaluation, size)
-            samples = {"cal": {zoo.INPUT_NAME: cal}, "eval": {zoo.INPUT_NAME: ev}}
-            if eval_labels is not None:
-                labels["eval"] = eval_labels
+            images, labels = zoo.dataset(self.zoo_name, d.calibration, d.evaluation, size,
+                                         d.holdout or 0)
+            samples = {part: {zoo.INPUT_NAME: x} for part, x in images.items()}
         elif d.source == "npz":
             samples, labels = _read_npz(self, Path(d.path))
         else:
@@ -374,7 +373,12 @@ def load(model: str | None = None, *, workload: str | Path | dict | None = None,
         data.setdefault("evaluation", 10_000)  # all of the held-out split
         from autotune.zoo.data import digits_split
 
-        data["evaluation"] = min(data["evaluation"], len(digits_split()[3]))
+        held_out = len(digits_split()[3])
+        if data.get("holdout", 0) >= held_out:
+            raise WorkloadError(f"{where}: data.holdout is {data['holdout']} images; the digits "
+                                f"held out from training are {held_out}, and evaluation needs "
+                                f"some of them")
+        data["evaluation"] = min(data["evaluation"], held_out - data.get("holdout", 0))
     else:
         if "calibration" not in data or "evaluation" not in data:
             notes.append(f"data: seeded random inputs (standard normal floats, integers in "

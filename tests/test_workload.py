@@ -81,3 +81,16 @@ def test_spec_round_trips_and_digest_depends_on_content(tmp_path):
     b = workload.load(str(mlp(tmp_path / "b.onnx", seed=1)))
     assert workload.from_spec(a.spec()).digest() == a.digest()
     assert a.digest() != b.digest()
+
+
+def test_zoo_workload_holds_out_images_apart_from_its_evaluation():
+    spec = {"model": "zoo:digits_cnn", "data": {"source": "zoo", "evaluation": 40, "holdout": 30},
+            "metric": "top1"}
+    w = workload.load(workload=spec)
+    with np.load(w.data_file()) as f:
+        ev, held = f["eval:input"], f["holdout:input"]
+        assert (len(ev), len(held)) == (40, 30) and len(f["holdout_labels"]) == 30
+    flat = {a.tobytes() for a in ev}
+    assert not any(a.tobytes() in flat for a in held)  # no image judged twice
+    with pytest.raises(WorkloadError, match="data.holdout is 1000 images"):
+        workload.load(workload={**spec, "data": {"source": "zoo", "holdout": 1000}})

@@ -11,7 +11,8 @@ def test_digits_cnn_is_trained_exported_with_dynamic_batch_and_accurate(tmp_path
     model = onnx.load(out)
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert zoo.info("digits_cnn")["top1"] >= 0.9
-    _, ev, labels = zoo.dataset("digits_cnn", 8, 64)
+    images, labels = zoo.dataset("digits_cnn", 8, 64)
+    ev, labels = images["eval"], labels["eval"]
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     pred = session.run(None, {zoo.INPUT_NAME: ev})[0].argmax(1)  # a batch of 64 in one run
     assert (pred == labels).mean() >= 0.85

@@ -142,17 +142,23 @@ def export(name: str, out: Path, log: Callable[[str], None] | None = None) -> Pa
     return out
 
 
-def dataset(name: str, calibration: int, evaluation: int,
-            size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(calibration inputs, evaluation inputs, evaluation labels) for a zoo model, batch-first,
-    rendered at `size` if given. Calibration images come from the training part, evaluation
-    from the held-out part."""
+def dataset(name: str, calibration: int, evaluation: int, size: int | None = None,
+            holdout: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """({split: inputs}, {split: labels}) for a zoo model, batch-first, rendered at `size` if
+    given. Calibration images come from the training part; evaluation and then holdout images
+    from the held-out part (never trained on, and never the same image in both)."""
     from autotune.zoo.data import digits_split
 
     model = get(name)
     train_x, _, test_x, test_y = digits_split()
-    return (model.render(train_x[:calibration], size), model.render(test_x[:evaluation], size),
-            test_y[:evaluation] if model.labeled else None)
+    parts = {"cal": (train_x[:calibration], None),
+             "eval": (test_x[:evaluation], test_y[:evaluation])}
+    if holdout:
+        parts["holdout"] = (test_x[evaluation:evaluation + holdout],
+                            test_y[evaluation:evaluation + holdout])
+    samples = {split: model.render(x, size) for split, (x, _) in parts.items()}
+    labels = {split: y for split, (_, y) in parts.items() if y is not None and model.labeled}
+    return samples, labels
 
 
 __all__ = ["MODELS", "ZooModel", "get", "ensure", "export", "dataset", "info", "INPUT_NAME",
