@@ -45,6 +45,10 @@ class Objective:
         drop = baseline.accuracy - m.accuracy
         return drop if m.higher_is_better else -drop
 
+    def within_limit(self, drop: float) -> bool:
+        """Is an accuracy drop (see `accuracy_drop`) within the limit? Equal to it is."""
+        return drop <= self.max_accuracy_drop + _EPS
+
     def score(self, m: Measurement, baseline: Measurement) -> float | None:
         """Higher is better; 1.0 is the baseline. Speedup, or baseline peak memory / peak memory.
         None for a failure and for an accuracy evaluation (not timed)."""
@@ -64,7 +68,7 @@ class Objective:
         if drop is None:
             return False, "accuracy not measured"
         what = drop_name(m.metric)
-        if drop > self.max_accuracy_drop + _EPS:
+        if not self.within_limit(drop):
             return False, f"{what} {drop:.4f} exceeds the limit {self.max_accuracy_drop}"
         within = f"{what} {drop:.4f} within the limit {self.max_accuracy_drop}"
         if not m.timed:

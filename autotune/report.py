@@ -13,6 +13,10 @@ directory (`autotune tune`), or a report directory or CSV written before, and wr
 - `provenance.md` and `replay/*.json`: which trial every seed's best is, with its model hash,
   plan, versions and machine; `autotune replay replay/X.json --validate` measures it again;
 - `best-so-far.png/.svg` and `pareto.png/.svg`.
+
+A `peers.csv` in the source (written by `benchmarks/peers.py`: other tools timed beside the
+strategies) is kept in the report, and its tools appear as rows marked (peer) in the tables and
+as marks in the Pareto plot.
 """
 from __future__ import annotations
 
@@ -44,7 +48,14 @@ FLOATS = ("score", "speedup", "speedup_lo", "speedup_hi", "latency_ms", "baselin
           "peak_memory_mb", "baseline_peak_memory_mb", "model_size_mb", "accuracy",
           "baseline_accuracy", "output_error", "accuracy_drop", "seconds", "max_accuracy_drop")
 INTS = ("seed", "trial", "evaluation", "budget")
-BOOLS = ("cached", "exportable")
+BOOLS = ("cached", "exportable", "within_limit")
+# peers.csv: other tools (ORT's quantizer by hand, NNCF, a provider's defaults) measured beside
+# the strategies by benchmarks/peers.py, one row per tool and workload from one interleaved
+# timing against the baseline; the report shows them beside the strategies.
+PEERS = "peers.csv"
+PEER_COLUMNS = ("workload", "model", "tool", "status", "reason", "speedup", "speedup_lo",
+                "speedup_hi", "metric", "score", "accuracy_drop", "max_accuracy_drop",
+                "within_limit", "seconds", "evaluations", "plan", "cpu", "onnxruntime")
 NEAR = 0.95  # "evaluations to get within 5% of the final gain"
 
 
@@ -77,11 +88,12 @@ def collect(source: Path) -> tuple[str, list[dict[str, Any]]]:
                          f"directory (run.json) nor a report (trials.csv)")
     rows = []
     for d, label, cell in runs:
-        rows += _rows(name, d, label, cell)
+        rows += run_rows(name, d, label, cell)
     return name, rows
 
 
-def _rows(name: str, run: Path, label: str | None, cell: str) -> list[dict[str, Any]]:
+def run_rows(name: str, run: Path, label: str | None, cell: str) -> list[dict[str, Any]]:
+    """The rows of one run directory (a cell of an experiment), its baseline first."""
     from autotune.objective import Objective
     from autotune.store import RunStore
 
@@ -133,13 +145,13 @@ def _rows(name: str, run: Path, label: str | None, cell: str) -> list[dict[str, 
 # -- the CSV ------------------------------------------------------------------------------
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+def write_csv(rows: list[dict[str, Any]], path: Path, columns: tuple[str, ...] = COLUMNS) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, columns, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: _cell(r.get(k)) for k in COLUMNS})
-    path.write_text(buf.getvalue())
+        writer.writerow({k: _cell(r.get(k)) for k in columns})
+    Path(path).write_text(buf.getvalue())
 
 
 def _cell(v: Any) -> str:
@@ -152,26 +164,30 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    """The rows of a trials.csv, typed; what `write_csv` wrote comes back equal."""
+def read_csv(path: Path, columns: tuple[str, ...] = COLUMNS) -> list[dict[str, Any]]:
+    """The rows of a trials.csv (or, given PEER_COLUMNS, a peers.csv), typed; what `write_csv`
+    wrote comes back equal."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or ()) and c not in LATER]
+    missing = [c for c in columns if c not in (reader.fieldnames or ()) and c not in LATER]
     if missing:
-        raise UsageError(f"{path} is not a trials.csv of `autotune report` (no column "
+        raise UsageError(f"{path} is not a {Path(path).name} of `autotune report` (no column "
                          f"`{missing[0]}`)")
     rows = []
     for r in reader:
         row: dict[str, Any] = {**LATER, **{k: (v if v != "" else None) for k, v in r.items()}}
         for k in FLOATS:
-            row[k] = float(row[k]) if row[k] is not None else None
+            if k in row:
+                row[k] = float(row[k]) if row[k] is not None else None
         for k in INTS:
-            row[k] = int(row[k]) if row[k] is not None else None
+            if k in row:
+                row[k] = int(row[k]) if row[k] is not None else None
         for k in BOOLS:
-            row[k] = row[k] == "true"
+            if k in row:
+                row[k] = row[k] == "true"
         rows.append(row)
     return rows
 
@@ -301,13 +317,13 @@ def _speedup_text(s: Summary) -> str:
     return f"{mean:.3f}" if lo is None else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _accuracy_text(s: Summary, latex: bool = False) -> str:
-    if s.accuracy is None:
+def _accuracy_text(metric: str, change: float | None, latex: bool = False) -> str:
+    if change is None:
         return "n/a"
-    if s.metric == "fidelity":
-        return f"err {s.accuracy:.4f}"
-    sign = "$-$" if latex and s.accuracy < 0 else ("-" if s.accuracy < 0 else "+")
-    return f"{sign}{abs(s.accuracy) * 100:.2f} pt"
+    if metric == "fidelity":
+        return f"err {change:.4f}"
+    sign = "$-$" if latex and change < 0 else ("-" if change < 0 else "+")
+    return f"{sign}{abs(change) * 100:.2f} pt"
 
 
 def _memory_text(s: Summary, latex: bool = False) -> str:
@@ -318,7 +334,19 @@ def _memory_text(s: Summary, latex: bool = False) -> str:
     return f"{sign}{abs(s.memory) * 100:.1f}{pct}"
 
 
-def _legend(rows: list[dict[str, Any]]) -> str:
+def _peer_cells(p: dict[str, Any], latex: bool = False) -> list[str]:
+    """A side-by-side row's speedup, accuracy, evaluations and wall-time cells."""
+    dash = "--" if latex else "-"
+    if p["status"] != "ok":
+        return ["failed", dash, p["evaluations"] or dash, dash]
+    change = p["accuracy_drop"] if p["metric"] == "fidelity" else -p["accuracy_drop"]
+    over = "" if p["within_limit"] else " (over the limit)"
+    seconds = dash if p["seconds"] is None else f"{p['seconds']:.0f}"
+    return [f"{p['speedup']:.3f} [{p['speedup_lo']:.3f}, {p['speedup_hi']:.3f}]",
+            _accuracy_text(p["metric"], change, latex) + over, p["evaluations"] or dash, seconds]
+
+
+def _legend(rows: list[dict[str, Any]], peers: list[dict[str, Any]] = ()) -> str:
     r = rows[0]
     budget = r["budget"]
     screened = (", and (+N acc.) the median accuracy evaluations per seed (built and scored, "
@@ -331,13 +359,19 @@ def _legend(rows: list[dict[str, Any]]) -> str:
             f"(top-1 points, or the output error for fidelity workloads) and peak memory of the "
             f"best plans against the baseline. Search space {r['search_space']}, {budget} real "
             f"measurements per run (cache hits are free); a strategy that draws no random "
-            f"numbers runs one seed.")
+            f"numbers runs one seed." + (_PEERS_LEGEND if peers else ""))
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+_PEERS_LEGEND = (" Side by side: other tools and each strategy's best, from benchmarks/peers.py, "
+                 "timed together against the baseline in one interleaved run on held-out data "
+                 "(the interval is that run's 95% CI, not one over seeds); evals: what the tool "
+                 "spent (accuracy evaluations, timings); s: its wall time.")
+
+
+def markdown(rows: list[dict[str, Any]], peers: list[dict[str, Any]] = ()) -> str:
     grouped = group(rows)
     names = strategies_of(grouped)
-    out = [f"# {rows[0]['experiment']}", "", _legend(rows), ""]
+    out = [f"# {rows[0]['experiment']}", "", _legend(rows, peers), ""]
     for w, per in grouped.items():
         metric = next(iter(next(iter(per.values())).values())).baseline["metric"]
         out += [f"## {w} ({'fidelity' if metric == 'fidelity' else metric_label(metric)})", "",
@@ -348,12 +382,20 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 continue
             s = summarize(per[name])
             out.append(f"| {name} | {s.seeds} | {_speedup_text(s)} | {s.beat}/{s.seeds} | "
-                       f"{_evals_text(s)} | {_accuracy_text(s)} | {_memory_text(s)} |")
+                       f"{_evals_text(s)} | {_accuracy_text(s.metric, s.accuracy)} | "
+                       f"{_memory_text(s)} |")
         out.append("")
+        side = [p for p in peers if p["workload"] == w]
+        if side:
+            out += ["Side by side:", "", "| tool | speedup [95% CI] | accuracy | evals | s | what |",
+                    "|---|---|---:|---:|---:|---|"]
+            out += [f"| {p['tool']} | " + " | ".join(_peer_cells(p)) + f" | {p['plan']} |"
+                    for p in side]
+            out.append("")
     return "\n".join(out)
 
 
-def latex(rows: list[dict[str, Any]]) -> str:
+def latex(rows: list[dict[str, Any]], peers: list[dict[str, Any]] = ()) -> str:
     grouped = group(rows)
     names = strategies_of(grouped)
     workloads = list(grouped)
@@ -361,7 +403,7 @@ def latex(rows: list[dict[str, Any]]) -> str:
     head = " & ".join(f"\\multicolumn{{4}}{{c}}{{{_tex(w)}}}" for w in workloads)
     sub = " & ".join(["speedup & evals & acc. & mem."] * len(workloads))
     rules = " ".join(f"\\cmidrule(lr){{{2 + 4 * i}-{5 + 4 * i}}}" for i in range(len(workloads)))
-    lines = ["% " + _legend(rows), "% needs \\usepackage{booktabs}",
+    lines = ["% " + _legend(rows, peers), "% needs \\usepackage{booktabs}",
              f"\\begin{{tabular}}{{{cols}}}", "\\toprule", f" & {head} \\\\", rules,
              f"strategy & {sub} \\\\", "\\midrule"]
     for name in names:
@@ -373,9 +415,17 @@ def latex(rows: list[dict[str, Any]]) -> str:
             s = summarize(grouped[w][name])
             mean, lo, hi = s.speedup
             sp = f"{mean:.3f}" if lo is None else f"{mean:.3f} [{lo:.2f}, {hi:.2f}]"
-            cells += [sp, _evals_text(s, True), _accuracy_text(s, True), _memory_text(s, True)]
+            cells += [sp, _evals_text(s, True), _accuracy_text(s.metric, s.accuracy, True),
+                      _memory_text(s, True)]
         lines.append(f"{_tex(name)} & " + " & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", ""]
+    if peers:
+        lines += ["% side by side (benchmarks/peers.py): one interleaved run on held-out data",
+                  "\\begin{tabular}{llrrrr}", "\\toprule",
+                  "workload & tool & speedup & accuracy & evals & s \\\\", "\\midrule"]
+        lines += [f"{_tex(p['workload'])} & {_tex(p['tool'])} & "
+                  + " & ".join(_tex(c) for c in _peer_cells(p, True)) + " \\\\" for p in peers]
+        lines += ["\\bottomrule", "\\end{tabular}", ""]
     return "\n".join(lines)
 
 
@@ -435,7 +485,7 @@ def provenance(rows: list[dict[str, Any]]) -> tuple[str, dict[str, str]]:
 # -- plots --------------------------------------------------------------------------------
 
 
-def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+def plots(rows: list[dict[str, Any]], out: Path, peers: list[dict[str, Any]] = ()) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -497,6 +547,11 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         full = _front(points)
         ax.scatter([p[0] for p in full], [p[1] for p in full], s=30, facecolors="none",
                    edgecolors="crimson", linewidths=1.0, label="front: + peak memory")
+        for p in peers:
+            if p["workload"] == w and p["status"] == "ok":
+                ax.scatter([p["accuracy_drop"]], [p["speedup"]], marker="x", color="black", s=28)
+                ax.annotate(p["tool"], (p["accuracy_drop"], p["speedup"]), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
         base = next(iter(next(iter(per.values())).values())).baseline
         ax.axvline(base["max_accuracy_drop"], color="grey", linestyle="--", linewidth=0.8,
                    label="accuracy limit")
@@ -510,7 +565,7 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     axes[0][0].set_ylabel("speedup (x ORT_ENABLE_ALL)")
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.suptitle("Speedup against accuracy loss, every measured trial (colour: peak memory), "
-                 "with the Pareto fronts", fontsize=10)
+                 "with the Pareto fronts" + ("; x: peers" if peers else ""), fontsize=10)
     fig.tight_layout()
     written += _save(fig, out / "pareto")
     plt.close("all")
@@ -566,8 +621,9 @@ def report(source: Path, out: Path | None = None, plot: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if csv_path.resolve() != (out / "trials.csv").resolve():
         write_csv(rows, out / "trials.csv")
-    (out / "table.md").write_text(markdown(rows))
-    (out / "table.tex").write_text(latex(rows))
+    peers = _peers(source if source.is_dir() else csv_path.parent, out)
+    (out / "table.md").write_text(markdown(rows, peers))
+    (out / "table.tex").write_text(latex(rows, peers))
     text, files = provenance(rows)
     (out / "provenance.md").write_text(text)
     replay_dir = out / "replay"
@@ -578,5 +634,15 @@ def report(source: Path, out: Path | None = None, plot: bool = True) -> Path:
     for file, body in files.items():
         (replay_dir / file).write_text(body)
     if plot:
-        plots(rows, out)
+        plots(rows, out, peers)
     return out
+
+
+def _peers(source: Path, out: Path) -> list[dict[str, Any]]:
+    """The peers.csv of the source (kept in the report too), or none."""
+    if not (source / PEERS).is_file():
+        return []
+    peers = read_csv(source / PEERS, PEER_COLUMNS)
+    if (source / PEERS).resolve() != (out / PEERS).resolve():
+        write_csv(peers, out / PEERS, PEER_COLUMNS)
+    return peers

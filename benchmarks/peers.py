@@ -15,13 +15,13 @@ NNCF is optional: `pip install -e '.[peers]'` (without it, its rows say so). For
 then all of them and the baseline timed in one interleaved run (`Measurer.compare`, ABBA) and
 scored on held-out data none of them saw. Printed per model: speedup over ORT_ENABLE_ALL with
 its 95% CI, the score and its drop, whether the drop is within the limit, and each tool's wall
-time and evaluations. Zoo models are judged by fidelity on 64 evaluation and 64 held-out digits;
+time and evaluations. With `--out DIR`, DIR is also an `autotune report` of the strategies'
+trials with the peers as rows beside them (DIR/peers.csv). Zoo models are judged by fidelity on 64 evaluation and 64 held-out digits;
 wheel models by their task metric. Measures for real: run it alone on the machine.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import tempfile
 import time
@@ -31,7 +31,7 @@ from pathlib import Path
 import onnx
 import onnxruntime
 
-from autotune import providers, space, workload, worker
+from autotune import providers, report, space, workload, worker
 from autotune.measure import Cache, Measurement, Measurer, Protocol, machine
 from autotune.metrics import fidelity, label
 from autotune.objective import Objective
@@ -173,8 +173,8 @@ def main() -> None:
     p.add_argument("--search-space", default="cpu-int8")
     p.add_argument("--budget", type=int, default=16, help="timed measurements per strategy")
     p.add_argument("--max-accuracy-drop", type=float, default=LIMIT)
-    p.add_argument("--out", type=Path, help="write peers.csv (every row) and keep each "
-                   "strategy's run directory here")
+    p.add_argument("--out", type=Path, help="keep each strategy's run directory here and "
+                   "write the report: trials.csv, peers.csv (every row above), tables, plots")
     args = p.parse_args()
     found = providers.available()
     print(f"{machine()['cpu']}, {machine()['cores']} cores, onnxruntime {onnxruntime.__version__}; "
@@ -217,31 +217,36 @@ def main() -> None:
                   f"{'wall s':>7s}  {'evaluations':20s} plan")
             for r in rows:
                 got = final.get(r.tool, r.built)
-                table.append(_line(ref, r, got, base, w, args.max_accuracy_drop))
-                print(_show(table[-1]), flush=True)
+                row = _line(ref, w, r, got, base, objective)
+                print(_show(row), flush=True)
+                if r.tool != "ORT_ENABLE_ALL":  # the baseline, 1.000x by definition
+                    table.append(row)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        with open(args.out / "peers.csv", "w", newline="") as f:
-            out = csv.DictWriter(f, fieldnames=list(table[0]))
-            out.writeheader()
-            out.writerows(table)
-        print(f"\nwrote {args.out / 'peers.csv'}")
+        trials = []
+        for ref in args.models:
+            for strategy in args.strategies:
+                cell = f"{ref.replace(':', '-')}/{strategy}"
+                trials += report.run_rows(args.out.name, args.out / cell, strategy, cell)
+        report.write_csv(trials, args.out / "trials.csv")
+        report.write_csv(table, args.out / report.PEERS, report.PEER_COLUMNS)
+        print(f"\nwrote {report.report(args.out / 'trials.csv')}: the strategies' trials and "
+              f"the peers in autotune report's tables and plots")
 
 
-def _line(ref, r: Row, m: Measurement, base: Measurement, w, limit: float) -> dict:
-    """One row of the table (and of peers.csv)."""
-    row = {"model": ref, "tool": r.tool, "status": m.status, "reason": m.reason or "",
-           "speedup": None, "speedup_lo": None, "speedup_hi": None, "score": None, "drop": None,
-           "within_limit": None, "seconds": None if r.seconds is None else round(r.seconds, 1),
-           "evaluations": r.cost,
+def _line(ref, w, r: Row, m: Measurement, base: Measurement, objective: Objective) -> dict:
+    """One row of the table (and of peers.csv, see autotune.report.PEER_COLUMNS)."""
+    row = {"workload": w.name, "model": ref, "tool": r.tool, "status": m.status,
+           "reason": m.reason, "metric": w.metric.name,
+           "max_accuracy_drop": objective.max_accuracy_drop,
+           "seconds": None if r.seconds is None else round(r.seconds, 1),
+           "evaluations": r.cost, "cpu": machine()["cpu"], "onnxruntime": onnxruntime.__version__,
            "plan": r.what or (r.built.describe() if isinstance(r.built, Plan)
                               else _precision(r.built))}
     if m.ok:
         drop = Objective.accuracy_drop(m, base)
-        row.update(speedup=round(m.speedup, 4), speedup_lo=round(m.speedup_ci[0], 4),
-                   speedup_hi=round(m.speedup_ci[1], 4), drop=round(drop, 5),
-                   score=round(m.output_error if w.metric.name == "fidelity" else m.accuracy, 5),
-                   within_limit=drop <= limit)
+        row.update(speedup=m.speedup, speedup_lo=m.speedup_ci[0], speedup_hi=m.speedup_ci[1],
+                   accuracy_drop=drop, within_limit=objective.within_limit(drop),
+                   score=m.output_error if w.metric.name == "fidelity" else m.accuracy)
     return row
 
 
@@ -250,7 +255,7 @@ def _show(row: dict) -> str:
         return f"  {row['tool']:30s} failed: {row['reason']}"
     seconds = "" if row["seconds"] is None else f"{row['seconds']:7.0f}"
     return (f"  {row['tool']:30s} {row['speedup']:7.3f}x [{row['speedup_lo']:.3f}, "
-            f"{row['speedup_hi']:.3f}] {row['score']:14.4f} {row['drop']:8.4f} "
+            f"{row['speedup_hi']:.3f}] {row['score']:14.4f} {row['accuracy_drop']:8.4f} "
             f"{'yes' if row['within_limit'] else 'NO ':3s}{seconds:>7s}  {row['evaluations']:20s} "
             f"{row['plan']}")
 
