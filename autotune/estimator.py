@@ -275,3 +275,32 @@ class Estimator:
 
     def speedup(self, plan: Plan) -> float:
         return self.baseline_us / max(self._us(plan), 1e-9)
+
+
+class Correction:
+    """What timings teach the estimator about one model: the log of measured over estimated
+    speedup, as a sum of one term per INT8 region, fitted by ridge regression (every term 0
+    until a timing says otherwise, and never more than the timings support).
+
+    Where the estimator misjudges a region (a Quantize/Dequantize pair at its border that costs
+    more than the profile shows, a kernel that runs differently beside others), the plans timed
+    with it carry the error, and plans with it are ranked by what was measured."""
+
+    def __init__(self, ridge: float = 1.0) -> None:
+        self.ridge = ridge
+        self.seen: dict[frozenset, float] = {}  # regions in INT8 -> log(measured / estimated)
+        self.terms: dict[str, float] = {}
+
+    def observe(self, regions, measured: float, estimated: float) -> None:
+        """A timed plan with `regions` in INT8: its measured and estimated speedups."""
+        self.seen[frozenset(regions)] = float(np.log(measured / estimated))
+        keys = sorted(set().union(*self.seen))
+        x = np.array([[k in plan for k in keys] for plan in self.seen], dtype=float)
+        y = np.array(list(self.seen.values()))
+        # the ridge solution in its dual form: as many equations as timings, not regions
+        dual = np.linalg.solve(x @ x.T + self.ridge * np.eye(len(y)), y)
+        self.terms = dict(zip(keys, x.T @ dual))
+
+    def factor(self, regions) -> float:
+        """Multiply the estimated speedup of a plan with `regions` in INT8 by this."""
+        return float(np.exp(sum(self.terms.get(k, 0.0) for k in regions)))

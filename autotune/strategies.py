@@ -19,6 +19,7 @@ import numpy as np
 
 from autotune import space as spaces
 from autotune.errors import UsageError, did_you_mean
+from autotune.estimator import Correction
 from autotune.measure import Measurement
 from autotune.objective import Objective
 from autotune.plan import InvalidPlan, Plan
@@ -268,8 +269,9 @@ class TopDown(Strategy):
     7. while budget lasts, regions the best timed plan left in FP32 are put in INT8 one at a
        time, dearest first, each screened by accuracy and timed if it stays within the limit.
     Accuracy evaluations count against the accuracy budget, timings against the budget.
-    Latency estimates come from `autotune.estimator` (the CPU provider's profile); without one,
-    a plan with more INT8 regions counts as faster.
+    Latency estimates come from `autotune.estimator` (the CPU provider's profile), corrected
+    after every timing by what it measured (`estimator.Correction`); without a profile, a plan
+    with more INT8 regions counts as faster.
     """
 
     name = "topdown"
@@ -285,6 +287,7 @@ class TopDown(Strategy):
         self.setting: dict = {}  # quantizer and provider choices every plan here carries
         self._steps = None
         self._estimate = None
+        self._learnt = Correction()
 
     def setup(self, baseline: Measurement, objective: Objective, ledger: Ledger,
               accuracy_budget: int = 0) -> None:
@@ -306,16 +309,23 @@ class TopDown(Strategy):
         return self.space.plan({**self.setting, **{key: "int8" for key in int8}})
 
     def _latency(self, int8: list[str]) -> float:
+        """Estimated latency of a plan, corrected by what was timed; without an estimator,
+        more INT8 regions count as faster."""
         if self._estimate is None:
             return -len(int8)
-        return self._estimate(self._plan(int8))
+        return self._estimate(self._plan(int8)) / self._learnt.factor(int8)
+
+    def _observe(self, int8: list[str], m: Measurement | None) -> None:
+        if self._estimate is not None and m is not None and m.ok and m.timed and m.speedup:
+            estimated = self._estimate(self._plan([])) / self._estimate(self._plan(int8))
+            self._learnt.observe(int8, m.speedup, estimated)
 
     def _drop(self, m: Measurement | None) -> float | None:
         return self.objective.accuracy_drop(m, self.baseline) if m is not None and m.ok else None
 
     def _fits(self, m: Measurement | None) -> bool:
         drop = self._drop(m)
-        return drop is not None and drop <= self.objective.max_accuracy_drop + 1e-9
+        return drop is not None and self.objective.within_limit(drop)
 
     def _ask(self) -> Plan | None:
         if self._steps is None:
@@ -349,6 +359,7 @@ class TopDown(Strategy):
             self.accuracy_only = False
             yield plan
         m = self.results.get((plan.digest(), True))
+        self._observe(int8, m)
         if m is None or not self.objective.verdict(m, self.baseline)[0]:
             return None
         return self.objective.score(m, self.baseline)
@@ -366,13 +377,14 @@ class TopDown(Strategy):
         floor = 1.0 + self.objective.min_gain
         fast = [(p, m) for p, m in measured if (m.speedup or 0) >= floor]
         if fast:
-            point, _ = min(fast, key=lambda pm: (self._drop(pm[1]) if self._drop(pm[1]) is not None
+            point, m = min(fast, key=lambda pm: (self._drop(pm[1]) if self._drop(pm[1]) is not None
                                                  else float("inf"), -pm[1].speedup))
         else:
-            point, _ = max(measured, key=lambda pm: pm[1].speedup or 0)
+            point, m = max(measured, key=lambda pm: pm[1].speedup or 0)
         self.setting = {k: v for k, v in point.items()
                         if k.startswith("quantization") or k == "execution_provider"
                         or k in spaces.PROVIDER_KEYS}
+        self._observe(self.regions, m)  # whole-model INT8 is every region in INT8
 
     def _search(self):
         self._choose_setting()
@@ -383,21 +395,23 @@ class TopDown(Strategy):
         if within is None:  # every region in INT8 does not build: nothing to go down from
             return
         within += yield from self._bottom_up(everything)
-        # the front-runners, fastest estimate first; more while none of them wins
-        unique = {self._plan(w).digest(): w for w in within}
-        ranked = sorted(unique.values(), key=self._latency)
-        best, best_score = None, 1.0
-        for i, int8 in enumerate(ranked):
-            if i >= self.FRONT_RUNNERS and best is not None:
-                break
+        # the front-runners, fastest (corrected) estimate first; more while none of them wins
+        pending = {self._plan(w).digest(): w for w in within}
+        best, best_score, timed = None, 1.0, 0
+        while pending and (timed < self.FRONT_RUNNERS or best is None):
+            digest = min(pending, key=lambda d: self._latency(pending[d]))
+            int8 = pending.pop(digest)
             score = yield from self._timing(int8)
+            timed += 1
             if score is not None and score > best_score:
                 best, best_score = int8, score
         if best is None:
             return
         # local search: regions the best left in FP32 put in INT8, dearest first
-        for key in sorted((k for k in everything if k not in best),
-                          key=lambda k: self._latency(best + [k])):
+        tried: set[str] = set()
+        while rest := [k for k in everything if k not in best and k not in tried]:
+            key = min(rest, key=lambda k: self._latency(best + [k]))
+            tried.add(key)
             trial = best + [key]
             m = yield from self._accuracy(trial)
             if not self._fits(m):

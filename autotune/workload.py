@@ -96,13 +96,22 @@ class Workload:
     def data_file(self) -> Path:
         """An .npz of the calibration and evaluation batches, made once per workload content."""
         path = cache_dir() / "data" / f"{self.digest()}.npz"
-        if not path.exists():
+        if not path.exists() or not self._has_splits(path):
             path.parent.mkdir(parents=True, exist_ok=True)
             arrays = self._make_arrays()
             tmp = path.with_suffix(".tmp.npz")
             np.savez(tmp, **arrays)
             tmp.replace(path)
         return path
+
+    def _has_splits(self, path: Path) -> bool:
+        """Whether a data file holds every split (one written before zoo workloads could hold
+        images out has none to give)."""
+        try:
+            with np.load(path) as f:
+                return all(any(k.startswith(f"{part}:") for k in f.files) for part in self.splits)
+        except Exception:  # a broken file is made again
+            return False
 
     def _make_arrays(self) -> dict[str, np.ndarray]:
         d, b = self.data, self.batch

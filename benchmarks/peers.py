@@ -209,6 +209,9 @@ def main() -> None:
             timed = [r for r in rows if not isinstance(r.built, Measurement)]
             final = dict(zip((r.tool for r in timed), m.compare([r.built for r in timed], split)))
             base = final["ORT_ENABLE_ALL"]
+            if not base.ok:
+                print(f"\n{ref}: the final run failed: {base.reason}", flush=True)
+                continue
             what = label(w.metric.name)
             print(f"\n{ref}: {what}, limit {args.max_accuracy_drop}, on "
                   f"{getattr(w.data, split if split == 'holdout' else 'evaluation')} {split} "

@@ -112,3 +112,45 @@ def test_bad_sources_exit_2(tmp_path, source, message):
                           text=True, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2 and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _peer(tool, speedup, drop, **extra):
+    return {"workload": "mlp", "model": "mlp.onnx", "tool": tool, "status": "ok",
+            "speedup": speedup, "speedup_lo": speedup - 0.01, "speedup_hi": speedup + 0.01,
+            "metric": "top1", "score": 0.9 - drop, "accuracy_drop": drop,
+            "max_accuracy_drop": 0.01, "within_limit": drop <= 0.01, "seconds": 131.0,
+            "evaluations": "12 acc.", "plan": "INT8 QDQ: 1 of 3 Conv/Gemm/MatMul", **extra}
+
+
+def test_peers_beside_the_trials_show_side_by_side_and_regenerate(grid, tmp_path):
+    first = report.report(grid, tmp_path / "r", plot=False)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "trials.csv").write_bytes((first / "trials.csv").read_bytes())
+    peers = [_peer("NNCF accuracy control", 0.94, 0.002),
+             _peer("NNCF quantize", 2.08, 0.057, evaluations=""),
+             {**_peer("ORT dynamic INT8", 1.0, 0.0), "status": "failed", "reason": "no kernel"}]
+    report.write_csv(peers, copy / report.PEERS, report.PEER_COLUMNS)
+    out = report.report(copy / "trials.csv", tmp_path / "with-peers")
+    md = (out / "table.md").read_text()
+    side = md[md.index("Side by side:"):]
+    assert "| NNCF accuracy control | 0.940 [0.930, 0.950] | -0.20 pt | 12 acc. | 131 |" in side
+    assert "| NNCF quantize | 2.080 [2.070, 2.090] | -5.70 pt (over the limit) | - |" in side
+    assert "| ORT dynamic INT8 | failed |" in side
+    assert "NNCF accuracy control & 0.940" in (out / "table.tex").read_text()
+    assert (out / report.PEERS).read_bytes() == (copy / report.PEERS).read_bytes()
+    again = tmp_path / "again"
+    again.mkdir()
+    for name in ("trials.csv", report.PEERS):
+        (again / name).write_bytes((out / name).read_bytes())
+    report.report(again)
+    assert _digests(again) == _digests(out)
+
+
+def test_a_peers_csv_that_is_not_one_exits_2(grid, tmp_path):
+    first = report.report(grid, tmp_path / "r", plot=False)
+    (first / report.PEERS).write_text("tool,speedup\nx,1\n")
+    proc = subprocess.run([str(AUTOTUNE), "report", str(first)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and "is not a peers.csv of `autotune report`" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -254,3 +254,38 @@ def test_topdown_finds_from_the_other_end_what_reverting_misses(w, tmp_path, mon
     result = _topdown(w, tmp_path, ClashFake(w), budget=4, monkeypatch=monkeypatch)
     assert result.best is not None and len(result.best.plan.int8_sites) == 1
     assert result.best.plan.int8_sites != ["int8_node:n9"]
+
+
+class TrapFake(SiteFake):
+    """Like SiteFake, but INT8 at n0 costs 0.6 of the speedup (a border the estimate misses)."""
+
+    def measure(self, plan: Plan) -> Measurement:
+        m = super().measure(plan)
+        speed = m.speedup - 0.6 * ("int8_node:n0" in plan.int8_sites)
+        return Measurement(**{**m.__dict__, "speedup": speed, "latency_ms": 10 / speed,
+                              "speedup_ci": (speed * 0.99, speed * 1.01)})
+
+
+def test_topdown_ranks_by_what_it_timed_not_only_by_the_estimate(w, tmp_path, monkeypatch):
+    # Every plan within the limit that the estimate ranks first holds n0 (the cheapest region
+    # in accuracy). Once one is timed and disappoints, plans with its regions rank lower and a
+    # plan without n0 is timed next: a win within 4 timings, where the estimate's order alone
+    # spends them all on plans with n0.
+    speed = lambda plan: 10 / (1 + 0.1 * len(plan.int8_sites))  # noqa: E731 (SiteFake's)
+    result = _topdown(w, tmp_path, TrapFake(w), budget=4, latency=speed, monkeypatch=monkeypatch)
+    timed = [t.plan.int8_sites for t in result.trials if t.measurement.timed]
+    assert "int8_node:n0" in timed[0] and "int8_node:n0" not in timed[1]
+    assert result.best is not None and "int8_node:n0" not in result.best.plan.int8_sites
+    assert result.best.measurement.speedup >= 1.1
+
+
+def test_the_correction_blames_the_regions_a_timing_disappointed_on():
+    from autotune.estimator import Correction
+
+    c = Correction()
+    assert c.factor({"a", "b"}) == 1.0  # nothing timed: the estimate as it is
+    c.observe({"a", "b"}, measured=1.0, estimated=2.0)
+    assert c.factor({"a"}) < 1.0 and c.factor({"c"}) == 1.0
+    assert 0.5 < c.factor({"a", "b"}) < c.factor({"a"})  # shrunk toward the estimate
+    c.observe({"a"}, measured=1.5, estimated=1.5)  # a alone is as estimated: b is to blame
+    assert c.factor({"b"}) < c.factor({"a"}) <= 1.0
