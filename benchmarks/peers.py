@@ -32,24 +32,18 @@ import onnx
 import onnxruntime
 
 from autotune import providers, report, space, workload, worker
-from autotune.measure import Cache, Measurement, Measurer, Protocol, machine
+from autotune.measure import Cache, Measurement, Measurer, machine
 from autotune.metrics import fidelity, label
 from autotune.objective import Objective
 from autotune.plan import Candidate, Plan, session_settings
-from autotune.space import SearchSpace
 from autotune.strategies import Presets
 from autotune.tune import tune
+from real_models import _HAND, BY_HAND, FINAL  # ORT's quantizer by hand, the final protocol
 
 MODELS = ["zoo:resnet18", "zoo:mobilenet_v2", "zoo:yolo_like"]
 STRATEGIES = ["topdown", "greedy"]
-FINAL = Protocol(min_runs=60, min_seconds=6.0, max_seconds=60.0)  # the one interleaved run
 LIMIT = 0.005
-_HAND = SearchSpace("by-hand", "", ())
-ORT_BY_HAND = {
-    "ORT static INT8 (per-channel)": {"quantization": "static"},
-    "ORT static INT8 (per-tensor)": {"quantization": "static", "quantization.per_channel": False},
-    "ORT dynamic INT8": {"quantization": "dynamic"},
-}
+ORT_BY_HAND = {"ORT " + name.replace(" by hand", ""): choice for name, choice in BY_HAND.items()}
 OPENVINO = "OpenVINO EP, defaults"
 
 

@@ -94,3 +94,13 @@ def test_zoo_workload_holds_out_images_apart_from_its_evaluation():
     assert not any(a.tobytes() in flat for a in held)  # no image judged twice
     with pytest.raises(WorkloadError, match="data.holdout is 1000 images"):
         workload.load(workload={**spec, "data": {"source": "zoo", "holdout": 1000}})
+
+
+def test_a_cached_data_file_missing_a_split_is_made_again(mlp_path):
+    w = workload.load(workload={"model": str(mlp_path), "data": {"calibration": 4, "evaluation": 4,
+                                                                 "holdout": 3}})
+    path = w.data_file()
+    np.savez(path.with_suffix(".tmp.npz"), **{"cal:x": np.zeros((4, 1, 16), np.float32)})
+    path.with_suffix(".tmp.npz").replace(path)  # as an older version wrote it: no holdout
+    with np.load(w.data_file()) as f:
+        assert f["holdout:x"].shape == (3, 1, 16) and f["eval:x"].shape == (4, 1, 16)
