@@ -15,8 +15,8 @@ directory (`autotune tune`), or a report directory or CSV written before, and wr
 - `best-so-far.png/.svg` and `pareto.png/.svg`.
 
 A `peers.csv` in the source (written by `benchmarks/peers.py`: other tools timed beside the
-strategies) is kept in the report, and its tools appear as rows marked (peer) in the tables and
-as marks in the Pareto plot.
+strategies in one interleaved run) is kept in the report; the tables show it "side by side"
+under each workload, and the Pareto plot marks each tool.
 """
 from __future__ import annotations
 
